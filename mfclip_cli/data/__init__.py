@@ -1,0 +1,1 @@
+"""Labels, prompts, dataset layouts, splits, protocols and transforms."""

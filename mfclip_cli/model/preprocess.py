@@ -1,0 +1,95 @@
+"""Model inputs from face crops: CLIP-normalised image and the richest-texture noise patch (SPEC §3.1-2).
+
+Everything here is numpy so the data pipeline (loader workers), scan and the ONNX runtime share it
+without torch; the model never computes the GLCM in ``forward``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a face crop becomes model input. Travels inside every checkpoint."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    grid: int = 2  # noise branch: g x g patches, richest one chosen
+
+    @property
+    def patch_size(self) -> int:
+        return self.size // self.grid
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "PreprocessConfig":
+        return PreprocessConfig(
+            size=int(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]), grid=int(d["grid"])
+        )
+
+
+def grey_levels(crop: np.ndarray) -> np.ndarray:
+    """uint8 grey image (256 levels) of an RGB uint8 crop: 0.2989 R + 0.587 G + 0.114 B."""
+    rgb = crop.astype(np.float32)
+    grey = 0.2989 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+
+
+def patch_homogeneity(grey: np.ndarray, grid: int) -> np.ndarray:
+    """GLCM homogeneity (distance 1, angle 0, symmetric, normalised) of each patch, row-major, shape (g*g,).
+
+    For a symmetric normalised co-occurrence matrix, sum_ij P(i,j)/(1+(i-j)^2) equals the mean of
+    1/(1+(a-b)^2) over horizontal neighbour pairs (a, b): no 256x256 matrix is needed.
+    """
+    h, w = grey.shape
+    ph, pw = h // grid, w // grid
+    if ph < 1 or pw < 2:
+        raise ValueError(f"crop {h}x{w} too small for a {grid}x{grid} grid")
+    g = grey[: ph * grid, : pw * grid].astype(np.int32)
+    patches = g.reshape(grid, ph, grid, pw).transpose(0, 2, 1, 3).reshape(grid * grid, ph, pw)
+    diff = patches[:, :, 1:] - patches[:, :, :-1]
+    return (1.0 / (1.0 + diff.astype(np.float64) ** 2)).mean(axis=(1, 2))
+
+
+def select_richest_patch(crop: np.ndarray, grid: int = 2) -> int:
+    """Index (row-major) of the least homogeneous patch of an RGB uint8 crop: argmin GLCM homogeneity."""
+    return int(np.argmin(patch_homogeneity(grey_levels(crop), grid)))
+
+
+def extract_patch(crop: np.ndarray, index: int, grid: int) -> np.ndarray:
+    """The ``index``-th (row-major) patch of a g x g grid over ``crop``."""
+    h, w = crop.shape[:2]
+    ph, pw = h // grid, w // grid
+    r, c = divmod(index, grid)
+    return crop[r * ph : (r + 1) * ph, c * pw : (c + 1) * pw]
+
+
+def prepare_batch(crops: list[np.ndarray], cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Stack RGB uint8 crops (each cfg.size square) into (image, noise) float32 NCHW arrays.
+
+    image: CLIP-normalised, (B, 3, size, size). noise: richest patch in [0, 1], (B, 3, size/g, size/g).
+    """
+    if not crops:
+        raise ValueError("prepare_batch needs at least one crop")
+    mean = np.asarray(cfg.mean, np.float32).reshape(1, 1, 3)
+    std = np.asarray(cfg.std, np.float32).reshape(1, 1, 3)
+    images, noises = [], []
+    for crop in crops:
+        if crop.shape != (cfg.size, cfg.size, 3) or crop.dtype != np.uint8:
+            raise ValueError(
+                f"crop must be uint8 {cfg.size}x{cfg.size}x3, got {crop.dtype} {tuple(crop.shape)}"
+            )
+        x = crop.astype(np.float32) / 255.0
+        images.append(((x - mean) / std).transpose(2, 0, 1))
+        idx = select_richest_patch(crop, cfg.grid)
+        noises.append(extract_patch(x, idx, cfg.grid).transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(images)), np.ascontiguousarray(np.stack(noises))
