@@ -91,11 +91,11 @@ class Label:
                 raise ValueError("a fake label needs a generator name (use 'unknown' if it is not known)")
 
     @staticmethod
-    def real() -> "Label":
+    def real() -> Label:
         return Label(False)
 
     @staticmethod
-    def fake(kind: str, family: str, generator: str) -> "Label":
+    def fake(kind: str, family: str, generator: str) -> Label:
         return Label(True, kind, family, generator)
 
     @property
