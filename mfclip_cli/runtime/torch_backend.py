@@ -1,0 +1,46 @@
+"""Eager PyTorch inference from an mfclip checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..faces.types import CropPolicy
+from ..model.checkpoint import load_checkpoint
+from . import ModelInfo, resolve_device
+
+
+def crop_policy_from_meta(meta: dict) -> CropPolicy:
+    """The checkpoint's crop policy (default policy when a checkpoint predates it)."""
+    crop = meta.get("preprocess", {}).get("crop")
+    return CropPolicy.from_dict(crop) if crop else CropPolicy()
+
+
+def threshold_from_meta(meta: dict) -> float:
+    thr = meta.get("threshold")
+    if isinstance(thr, dict):
+        return float(thr.get("value", 0.5))
+    return 0.5 if thr is None else float(thr)
+
+
+class TorchBackend:
+    """Runs MFCLIP's image path (forward_features -> forward_head) with torch."""
+
+    def __init__(self, checkpoint: str, device: str = "auto", threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        self.model, self.meta = load_checkpoint(checkpoint, device=self.device)
+        self.info = ModelInfo(
+            path=str(checkpoint), sha256=self.meta["sha256"], threshold=threshold_from_meta(self.meta),
+            preprocess=self.model.cfg.preprocess, crop=crop_policy_from_meta(self.meta), backend="torch",
+            device=self.device, extra={"preset": self.model.cfg.preset},
+        )
+
+    @torch.inference_mode()
+    def predict(self, image: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        img = torch.from_numpy(image).to(self.device)
+        nz = torch.from_numpy(noise).to(self.device)
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
+            p = self.model.predict_proba(img, nz)
+        return p.float().cpu().numpy().astype(np.float64)

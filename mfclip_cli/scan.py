@@ -1,0 +1,271 @@
+"""The main job: score every face in images and videos; never stop on a bad file.
+
+Pipeline: worker threads decode, detect and crop (and compute the noise patch) for upcoming files while
+the main thread classifies batches of faces gathered across files. Results stay in input order.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import MediaError, MfclipError
+from .faces import crop_faces, detector_for_policy, make_detector
+from .faces.types import CropPolicy, Face
+from .media import InputItem, collect_inputs, decode_image, iter_video_frames, shard
+from .model.preprocess import PreprocessConfig, prepare_batch
+from .report import FaceResult, ItemResult, ModelInfo, ScanResult, utc_now, verdict_for
+from .runtime import Backend, load_backend
+
+NO_FACE_POLICIES = ("skip", "full")
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """Everything that changes what a scan computes (echoed into the report's settings)."""
+
+    backend: str = "torch"
+    device: str = "auto"
+    batch_size: int = 32
+    workers: int = 2
+    threshold: float | None = None  # None: the checkpoint's
+    uncertain_band: float = 0.0
+    max_faces: int | None = None
+    min_face: int | None = None  # None: the checkpoint's crop policy
+    no_face: str = "skip"
+    detector: str | None = None  # None: the checkpoint's crop policy
+    fps: float | None = 1.0
+    frames: int | None = 32
+    video_top_frac: float = 0.25
+    max_pixels: int = 100_000_000
+    shard: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.no_face not in NO_FACE_POLICIES:
+            raise MfclipError(f"unknown --no-face policy {self.no_face!r}; valid: {', '.join(NO_FACE_POLICIES)}")
+        if self.batch_size < 1 or self.workers < 1:
+            raise MfclipError("--batch-size and --workers must be at least 1")
+        if not 0.0 < self.video_top_frac <= 1.0:
+            raise MfclipError("--video-top must be in (0, 1]")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise MfclipError("--threshold must be in [0, 1]")
+
+
+@dataclass
+class _Prepared:
+    """One input after decode/detect/crop: faces with their model inputs, or an error."""
+
+    item: InputItem
+    faces: list[tuple[Face, int | None, float | None]] = field(default_factory=list)  # face, frame, time
+    image: np.ndarray | None = None  # (F, 3, S, S)
+    noise: np.ndarray | None = None
+    frames_read: int = 0
+    frames_with_faces: int = 0
+    error: tuple[str, str] | None = None
+
+
+class _Preparer:
+    """Turns an input into crops + model inputs. Runs in worker threads; the detector is thread-safe."""
+
+    def __init__(self, opts: ScanOptions, policy: CropPolicy, pre: PreprocessConfig):
+        self.opts = opts
+        self.policy = policy
+        self.pre = pre
+        self.detector = detector_for_policy(policy) if opts.detector is None else (
+            None if policy.detector == "none" else make_detector(policy.detector))
+        self.full_policy = CropPolicy.none(pre.size)
+
+    def _crops(self, image: np.ndarray) -> list[tuple[Face, np.ndarray]]:
+        pairs = crop_faces(image, self.detector, self.policy, max_faces=self.opts.max_faces)
+        if not pairs and self.opts.no_face == "full":
+            pairs = crop_faces(image, None, self.full_policy)
+        return pairs
+
+    def __call__(self, item: InputItem) -> _Prepared:
+        out = _Prepared(item)
+        crops: list[np.ndarray] = []
+        try:
+            if item.kind == "image":
+                image = decode_image(item.path, max_pixels=self.opts.max_pixels)
+                out.frames_read = 1
+                for face, crop in self._crops(image):
+                    out.faces.append((face, None, None))
+                    crops.append(crop)
+                out.frames_with_faces = int(bool(crops))
+            else:
+                for frame in iter_video_frames(item.path, fps=self.opts.fps, max_frames=self.opts.frames):
+                    out.frames_read += 1
+                    pairs = self._crops(frame.image)
+                    out.frames_with_faces += int(bool(pairs))
+                    for face, crop in pairs:
+                        out.faces.append((face, frame.index, frame.time_s))
+                        crops.append(crop)
+            if crops:
+                out.image, out.noise = prepare_batch(crops, self.pre)
+        except MediaError as exc:
+            out.error = (exc.code, exc.message)
+        except MemoryError:
+            out.error = ("out_of_memory", f"{item.path}: not enough memory to decode; lower --max-pixels")
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop the scan
+            out.error = ("internal_error", f"{item.path}: {type(exc).__name__}: {exc}")
+        return out
+
+
+def aggregate_video(frame_scores: list[float], top_frac: float) -> tuple[float, str]:
+    """Video score = mean of the top-k frame scores, k = ceil(top_frac * frames scored)."""
+    k = max(1, math.ceil(top_frac * len(frame_scores)))
+    top = sorted(frame_scores, reverse=True)[:k]
+    return float(np.mean(top)), f"mean of top {k} of {len(frame_scores)} frame scores (frame score = max face score)"
+
+
+def _finish(p: _Prepared, scores: np.ndarray, threshold: float, opts: ScanOptions) -> ItemResult:
+    kind = p.item.kind
+    if p.error is not None:
+        return ItemResult.failed(p.item.path, kind, *p.error)
+    video = None
+    faces = [
+        FaceResult(box=f.box, landmarks=f.landmarks, det_score=float(min(max(f.score, 0.0), 1.0)),
+                   score=float(s), frame=frame, time_s=t)
+        for (f, frame, t), s in zip(p.faces, scores)
+    ]
+    if kind == "video":
+        per_frame: dict[int, float] = {}
+        for fr in faces:
+            per_frame[fr.frame] = max(per_frame.get(fr.frame, 0.0), fr.score)
+        agg = "no frame had a face"
+        score = None
+        if per_frame:
+            score, agg = aggregate_video(list(per_frame.values()), opts.video_top_frac)
+        video = {"frames_read": p.frames_read, "frames_scored": len(per_frame), "aggregation": agg}
+    else:
+        score = max((fr.score for fr in faces), default=None)
+    if score is None:
+        return ItemResult(path=p.item.path, kind=kind, status="no_face", video=video)
+    score = float(min(max(score, 0.0), 1.0))
+    return ItemResult(path=p.item.path, kind=kind, status="ok", score=score,
+                      verdict=verdict_for(score, threshold, opts.uncertain_band), faces=faces, video=video)
+
+
+def run_scan(
+    paths: list[str],
+    weights: str,
+    opts: ScanOptions,
+    *,
+    from_file: str | None = None,
+    on_item: Callable[[ItemResult], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+    backend: Backend | None = None,
+) -> ScanResult:
+    """Scan ``paths``; ``on_item`` sees each result as it finishes (in input order).
+
+    Ctrl-C (KeyboardInterrupt) or ``stop`` ends the scan early with ``interrupted=True`` and every item
+    finished so far. Usage errors (bad weights, bad options) raise MfclipError before any file is read.
+    """
+    started = utc_now()
+    backend = backend or load_backend(opts.backend, weights, device=opts.device)
+    info = backend.info
+    policy = info.crop
+    if opts.min_face is not None or opts.detector is not None:
+        policy = CropPolicy(**{**policy.to_dict(),
+                               **({"min_face": opts.min_face} if opts.min_face is not None else {}),
+                               **({"detector": opts.detector} if opts.detector is not None else {})})
+    threshold = info.threshold if opts.threshold is None else opts.threshold
+    items, input_errors = collect_inputs(paths, from_file=from_file)
+    if opts.shard is not None:
+        items = shard(items, *opts.shard)
+    results: list[ItemResult] = []
+    for err in input_errors:
+        r = ItemResult.failed(err.path, "image", err.code, err.message)
+        results.append(r)
+        if on_item:
+            on_item(r)
+    if on_total:
+        on_total(len(items) + len(input_errors))
+
+    preparer = _Preparer(opts, policy, info.preprocess)
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=opts.workers, thread_name_prefix="mfclip-prep")
+    try:
+        for result in _classify_in_order(items, preparer, pool, backend, threshold, opts, stop):
+            results.append(result)
+            if on_item:
+                on_item(result)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        pool.shutdown(wait=not interrupted, cancel_futures=True)
+    if stop is not None and stop.is_set():
+        interrupted = True
+
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()}
+    settings.update(threshold=threshold, crop=policy.to_dict(), preprocess=info.preprocess.to_dict(),
+                    backend_device=info.device, inputs=[str(p) for p in paths])
+    return ScanResult(
+        model=ModelInfo(path=info.path, sha256=info.sha256, threshold=threshold),
+        settings=settings, started_at=started, finished_at=utc_now(), items=results,
+        interrupted=interrupted,
+    )
+
+
+def _classify_in_order(items: list[InputItem], preparer: _Preparer, pool: ThreadPoolExecutor, backend: Backend,
+                       threshold: float, opts: ScanOptions, stop: threading.Event | None) -> Iterator[ItemResult]:
+    """Prefetch up to a bounded number of prepared items; classify faces in batches across files."""
+    prefetch = max(4, opts.workers * 4)
+    queue: deque[Future[_Prepared]] = deque()
+    it = iter(items)
+    pending: list[_Prepared] = []
+    pending_faces = 0
+
+    def flush() -> Iterator[ItemResult]:
+        nonlocal pending, pending_faces
+        with_faces = [p for p in pending if p.image is not None]
+        scores: list[np.ndarray] = []
+        if with_faces:
+            image = np.concatenate([p.image for p in with_faces])
+            noise = np.concatenate([p.noise for p in with_faces])
+            chunks = [backend.predict(image[i:i + opts.batch_size], noise[i:i + opts.batch_size])
+                      for i in range(0, len(image), opts.batch_size)]
+            flat = np.concatenate(chunks)
+            offset = 0
+            for p in with_faces:
+                n = len(p.faces)
+                scores.append(flat[offset:offset + n])
+                offset += n
+        by_id = {id(p): s for p, s in zip(with_faces, scores)}
+        for p in pending:
+            yield _finish(p, by_id.get(id(p), np.zeros(0)), threshold, opts)
+        pending, pending_faces = [], 0
+
+    def refill() -> None:
+        while len(queue) < prefetch:
+            nxt = next(it, None)
+            if nxt is None:
+                return
+            queue.append(pool.submit(preparer, nxt))
+
+    refill()
+    while queue:
+        if stop is not None and stop.is_set():
+            return
+        prepared = queue.popleft().result()
+        refill()
+        pending.append(prepared)
+        pending_faces += len(prepared.faces)
+        # Classify when a batch is full, or when nothing else is ready (keeps latency low on small scans).
+        if pending_faces >= opts.batch_size or not queue or not queue[0].done():
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def scan_settings_summary(opts: ScanOptions) -> dict[str, Any]:
+    """Options as plain JSON values (for logs)."""
+    return {k: v for k, v in asdict(opts).items()}
