@@ -157,6 +157,115 @@ def scan(
 
 
 @app.command()
+def train(
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset root (generic, GenFace or DiFF tree) or a CSV manifest.")] = None,
+    protocol: Annotated[str, typer.Option(help="in-domain | cross-generator | cross-forgery | cross-dataset | leave-source-out")] = "in-domain",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder to create.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder after a crash.")] = None,
+    test_generators: Annotated[Optional[str], typer.Option(help="cross-generator: comma-separated held-out generators.")] = None,
+    train_generators: Annotated[Optional[str], typer.Option(help="cross-generator: comma-separated training generators.")] = None,
+    train_kind: Annotated[Optional[str], typer.Option(help="cross-forgery: the forgery kind trained on.")] = None,
+    test_data: Annotated[Optional[str], typer.Option(help="cross-dataset: the test dataset root.")] = None,
+    layout: Annotated[str, typer.Option(help="auto | generic | genface | diff | csv")] = "auto",
+    preset: Annotated[str, typer.Option(help="Model preset: tiny | effnet-lite0 | ViT-B-16 | ViT-B-32 | ViT-L-14")] = "effnet-lite0",
+    clip_weights: Annotated[Optional[str], typer.Option(help="Local CLIP weights file for ViT presets (instead of the 'openai' tag).")] = None,
+    online: Annotated[bool, typer.Option("--online", help="Allow downloading pretrained weights from the model hub.")] = False,
+    spa: Annotated[Optional[str], typer.Option(help="pair | matrix | none")] = None,
+    branches: Annotated[Optional[str], typer.Option(help="both | image | noise")] = None,
+    fusion: Annotated[Optional[str], typer.Option(help="sum | concat")] = None,
+    prompt_levels: Annotated[Optional[str], typer.Option(help="Prompt levels used, e.g. 1,2,3,4")] = None,
+    lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank on the CLIP towers (0 = off).")] = None,
+    freeze_image: Annotated[bool, typer.Option(help="Freeze the image tower.")] = False,
+    freeze_text: Annotated[bool, typer.Option(help="Freeze the text tower.")] = False,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping, patience 5).")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 24,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience on validation loss.")] = 5,
+    accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    max_steps: Annotated[Optional[int], typer.Option(help="At most this many optimizer steps per epoch (quick runs).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
+    workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 2,
+    crop: Annotated[str, typer.Option(help="Face crops: retinaface | insightface | haar | none (pre-aligned data).")] = "retinaface",
+    crop_margin: Annotated[Optional[float], typer.Option(help="Margin around the aligned face (fraction).")] = None,
+    run: Annotated[Optional[int], typer.Option(help="leave-source-out: train only this run (1-based).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
+) -> None:
+    """Train MFCLIP under a protocol; writes a self-describing run folder (resumable)."""
+    from .train import TrainOptions, load_run_options, run_training
+
+    def csv_list(text: str | None) -> tuple[str, ...] | None:
+        return tuple(x.strip() for x in text.split(",") if x.strip()) if text else None
+
+    try:
+        if resume is not None:
+            opts = load_run_options(resume)
+        else:
+            if not data or out is None:
+                raise MfclipError("train needs --data ROOT and --out RUN_DIR (or --resume RUN_DIR)")
+            overrides = {"spa": spa, "branches": branches, "fusion": fusion, "lora_rank": lora_rank,
+                         "pretrained": clip_weights,
+                         "prompt_levels": tuple(int(x) for x in prompt_levels.split(",")) if prompt_levels else None}
+            opts = TrainOptions(
+                data=data, out=str(out), protocol=protocol, layout=layout, test_generators=csv_list(test_generators),
+                train_generators=csv_list(train_generators), train_kind=train_kind, test_data=test_data,
+                preset=preset, model_overrides={k: v for k, v in overrides.items() if v is not None},
+                epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
+                workers=workers, accum=accum, crop=crop, crop_margin=crop_margin, max_steps=max_steps,
+                freeze_image=freeze_image, freeze_text=freeze_text, online=online, run=run)
+        from .train_view import TrainView
+
+        with TrainView(quiet=quiet, console=Console(), err_console=err_console) as view:
+            results = run_training(opts, resume=resume is not None, callback=view.callback)
+    except MfclipError as exc:
+        _fail(exc)
+    if not quiet:
+        for r in results:
+            Console().print(f"best checkpoint: {r.best_checkpoint} (epoch {r.best_epoch}, threshold {r.threshold:.3f})")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="MFCLIP checkpoint (.safetensors).")],
+    data: Annotated[str, typer.Option("--data", help="Dataset root or CSV manifest.")],
+    layout: Annotated[str, typer.Option(help="auto | generic | genface | diff | csv")] = "auto",
+    split: Annotated[Optional[str], typer.Option(help="Evaluate only this split (train | val | test) of the data.")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="Evaluate the test sets of a protocol (as in train).")] = None,
+    test_generators: Annotated[Optional[str], typer.Option(help="cross-generator: held-out generators.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the protocol split.")] = 0,
+    robustness: Annotated[bool, typer.Option("--robustness", help="Also evaluate under JPEG/blur/down-scale/re-encode.")] = False,
+    standardize: Annotated[bool, typer.Option("--standardize", help="Resize + JPEG re-encode every input first.")] = False,
+    calibrate: Annotated[Optional[str], typer.Option(help="Choose the threshold on this validation set and write a new checkpoint.")] = None,
+    target_fpr: Annotated[Optional[float], typer.Option(help="With --calibrate: threshold at this false-positive rate (default: EER).")] = None,
+    calibrated_out: Annotated[Optional[str], typer.Option(help="With --calibrate: where to write the new checkpoint.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the AUC 95% CI (0 = off).")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
+    plots: Annotated[Optional[Path], typer.Option("--plots", help="Write ROC/DET curves and score histograms here.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail when eval files overlap the checkpoint's training files.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Faces per batch.")] = 32,
+    workers: Annotated[int, typer.Option(help="Decode/crop workers.")] = 2,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
+) -> None:
+    """AUC, AP, EER and ACC per generator, kind and family (+ robustness, calibration, plots)."""
+    from .evaluate import EvalOptions, render_eval, run_eval
+
+    try:
+        opts = EvalOptions(
+            checkpoint=checkpoint, data=data, layout=layout, split=split, protocol=protocol,
+            test_generators=tuple(x.strip() for x in test_generators.split(",")) if test_generators else None,
+            seed=seed, robustness=robustness, standardize=standardize, calibrate=calibrate,
+            target_fpr=target_fpr, calibrated_out=calibrated_out, bootstrap=bootstrap,
+            json_out=str(json_out) if json_out else None, plots=str(plots) if plots else None, strict=strict,
+            batch_size=batch_size, workers=workers, device=device)
+        result = run_eval(opts, progress=not quiet and err_console.is_terminal)
+    except MfclipError as exc:
+        _fail(exc)
+    if not quiet:
+        render_eval(result, Console())
+
+
+@app.command()
 def export(
     checkpoint: Annotated[str, typer.Argument(help="MFCLIP checkpoint (.safetensors).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (must not exist or be empty).")],

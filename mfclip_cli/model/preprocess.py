@@ -7,11 +7,14 @@ without torch; the model never computes the GLCM in ``forward``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MASKS = ("none", "ellipse")
+ELLIPSE_AXES = (0.36, 0.46)  # semi-axes as fractions of the crop side (x, y)
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,13 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     grid: int = 2  # noise branch: g x g patches, richest one chosen
+    # "ellipse": pixels outside a centred face ellipse are zeroed for every input, so the framing (black
+    # borders of tight source crops, background) is the same for every source and cannot be learned.
+    mask: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.mask not in MASKS:
+            raise ValueError(f"unknown preprocessing mask {self.mask!r}; valid: {', '.join(MASKS)}")
 
     @property
     def patch_size(self) -> int:
@@ -33,7 +43,8 @@ class PreprocessConfig:
     @staticmethod
     def from_dict(d: dict) -> "PreprocessConfig":
         return PreprocessConfig(
-            size=int(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]), grid=int(d["grid"])
+            size=int(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]), grid=int(d["grid"]),
+            mask=str(d.get("mask", "none")),
         )
 
 
@@ -73,6 +84,16 @@ def extract_patch(crop: np.ndarray, index: int, grid: int) -> np.ndarray:
     return crop[r * ph : (r + 1) * ph, c * pw : (c + 1) * pw]
 
 
+@lru_cache(maxsize=8)
+def face_mask(size: int, kind: str) -> np.ndarray | None:
+    """Boolean (size, size) mask of the pixels kept, or None for no mask."""
+    if kind == "none":
+        return None
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    rx, ry = ELLIPSE_AXES
+    return ((xx - size / 2) / (rx * size)) ** 2 + ((yy - size / 2) / (ry * size)) ** 2 <= 1.0
+
+
 def prepare_batch(crops: list[np.ndarray], cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
     """Stack RGB uint8 crops (each cfg.size square) into (image, noise) float32 NCHW arrays.
 
@@ -83,11 +104,14 @@ def prepare_batch(crops: list[np.ndarray], cfg: PreprocessConfig) -> tuple[np.nd
     mean = np.asarray(cfg.mean, np.float32).reshape(1, 1, 3)
     std = np.asarray(cfg.std, np.float32).reshape(1, 1, 3)
     images, noises = [], []
+    keep = face_mask(cfg.size, cfg.mask)
     for crop in crops:
         if crop.shape != (cfg.size, cfg.size, 3) or crop.dtype != np.uint8:
             raise ValueError(
                 f"crop must be uint8 {cfg.size}x{cfg.size}x3, got {crop.dtype} {tuple(crop.shape)}"
             )
+        if keep is not None:
+            crop = np.where(keep[..., None], crop, np.uint8(0))
         x = crop.astype(np.float32) / 255.0
         images.append(((x - mean) / std).transpose(2, 0, 1))
         idx = select_richest_patch(crop, cfg.grid)

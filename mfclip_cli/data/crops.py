@@ -1,0 +1,120 @@
+"""Face crops for training and evaluation, cached on disk by file content hash + crop policy.
+
+The same `faces.crop_faces` that scan uses makes every crop, so a model sees the same framing in every
+command. The first pass detects and writes PNG crops; later epochs and later runs only read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import MediaError
+from ..faces import crop_faces, detector_for_policy
+from ..faces.types import CropPolicy
+from ..fsutil import atomic_write_bytes, sha256_file
+from ..media import decode_image
+from .manifest import Record
+
+
+def policy_key(policy: CropPolicy) -> str:
+    """Short stable hash of a crop policy (cache namespace)."""
+    return hashlib.sha256(json.dumps(policy.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class CropEntry:
+    """A record whose crop is ready on disk."""
+
+    record: Record
+    crop_path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SkippedEntry:
+    """A record that cannot be used: unreadable file or no face under the policy."""
+
+    record: Record
+    code: str
+    message: str
+
+
+class CropCache:
+    """PNG crops under ``root/<policy-hash>/<sha[:2]>/<sha>.png``; '.noface' markers remember misses."""
+
+    def __init__(self, root: str | Path, policy: CropPolicy):
+        self.policy = policy
+        self.root = Path(root) / policy_key(policy)
+
+    def _base(self, sha: str) -> Path:
+        return self.root / sha[:2] / sha
+
+    def lookup(self, sha: str) -> tuple[str, str | None]:
+        """('hit', path) | ('noface', None) | ('miss', None)."""
+        base = self._base(sha)
+        png = base.with_suffix(".png")
+        if png.is_file():
+            return "hit", str(png)
+        if base.with_suffix(".noface").is_file():
+            return "noface", None
+        return "miss", None
+
+    def store(self, sha: str, crop: np.ndarray | None) -> str | None:
+        base = self._base(sha)
+        if crop is None:
+            atomic_write_bytes(base.with_suffix(".noface"), b"")
+            return None
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise MediaError("encode_failed", "could not encode a crop as PNG")
+        path = base.with_suffix(".png")
+        atomic_write_bytes(path, buf.tobytes())
+        return str(path)
+
+
+def load_crop(path: str) -> np.ndarray:
+    """RGB uint8 crop from the cache."""
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise MediaError("cache_corrupt", f"cached crop {path} is unreadable; delete the cache folder and rerun")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def prepare_crops(records: list[Record], policy: CropPolicy, cache: CropCache, workers: int = 2,
+                  on_done: Callable[[], None] | None = None) -> tuple[list[CropEntry], list[SkippedEntry]]:
+    """Crop (largest face) every record once; returns usable entries (input order) and skipped ones."""
+    detector = detector_for_policy(policy)
+
+    def one(rec: Record) -> CropEntry | SkippedEntry:
+        try:
+            sha = sha256_file(rec.path)
+            state, path = cache.lookup(sha)
+            if state == "miss":
+                image = decode_image(rec.path)
+                pairs = crop_faces(image, detector, policy, max_faces=1)
+                path = cache.store(sha, pairs[0][1] if pairs else None)
+                state = "hit" if path else "noface"
+            if state == "noface":
+                return SkippedEntry(rec, "no_face", f"no face under the crop policy in {rec.path}")
+            return CropEntry(rec, path, sha)
+        except MediaError as exc:
+            return SkippedEntry(rec, exc.code, exc.message)
+        except OSError as exc:
+            return SkippedEntry(rec, "unreadable", f"{rec.path}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bad training file is skipped and listed, never a crash
+            return SkippedEntry(rec, "internal_error", f"{rec.path}: {type(exc).__name__}: {exc}")
+        finally:
+            if on_done:
+                on_done()
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(one, records))
+    return [r for r in results if isinstance(r, CropEntry)], [r for r in results if isinstance(r, SkippedEntry)]
