@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -86,7 +87,7 @@ class TrainOptions:
         return d
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "TrainOptions":
+    def from_dict(d: dict[str, Any]) -> TrainOptions:
         d = dict(d)
         for k in ("test_generators", "train_generators"):
             if d.get(k) is not None:
@@ -171,10 +172,15 @@ def pick_device(name: str) -> str:
     return resolve_device(name)
 
 
+_IMAGE_HEAD_NAMES = ("head", "proj")
+
+
 def _freeze(model: MFCLIP, opts: TrainOptions) -> None:
+    """--freeze-image freezes the image backbone (its projection to D stays trainable); --freeze-text the FLE."""
     if opts.freeze_image and model.visual is not None:
-        for p in model.visual.parameters():
-            p.requires_grad_(False)
+        for name, p in model.visual.named_parameters():
+            if not name.split(".")[0] in _IMAGE_HEAD_NAMES:
+                p.requires_grad_(False)
     if opts.freeze_text and model.text is not None:
         for p in model.text.parameters():
             p.requires_grad_(False)
@@ -234,6 +240,33 @@ def _write_skipped(path: Path, skipped: list[SkippedEntry]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _test_kill_point() -> tuple[int, int] | None:
+    """(epoch, step) from $MFCLIP_TEST_KILL_AT="E:S": the test hook that SIGKILLs a run mid-epoch."""
+    text = os.environ.get("MFCLIP_TEST_KILL_AT")
+    if not text:
+        return None
+    epoch, step = (int(x) for x in text.split(":"))
+    return epoch, step
+
+
+def _env_kill_after_epoch() -> int | None:
+    text = os.environ.get("MFCLIP_TEST_KILL_AFTER_EPOCH")
+    return int(text) if text else None
+
+
+def _set_train_mode(model: MFCLIP, opts: TrainOptions) -> None:
+    """train() everywhere, except a frozen image backbone, whose BatchNorm statistics must not drift."""
+    model.train()
+    if opts.freeze_image and model.visual is not None:
+        trunk = getattr(model.visual, "trunk", None)
+        (trunk if trunk is not None else model.visual).eval()
+
+
 def _unwrap(model: torch.nn.Module) -> MFCLIP:
     return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
 
@@ -265,7 +298,10 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
     np.random.seed(opts.seed % (2**32))
     device = pick_device(opts.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = _rank()
+    if kill_after_epoch is None:
+        kill_after_epoch = _env_kill_after_epoch()
+    kill_at = _test_kill_point()
     distributed = world > 1
     if distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
@@ -327,7 +363,8 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
 
         sampler = DistributedSampler(train_ds, shuffle=True, seed=opts.seed, drop_last=cfg.spa == "matrix")
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    drop_last = cfg.spa == "matrix" or len(train_ds) > opts.batch_size
+    per_rank = len(sampler) if sampler is not None else len(train_ds)  # a rank's loader sees only its shard
+    drop_last = cfg.spa == "matrix" or per_rank > opts.batch_size
     gen = torch.Generator()
     loader = DataLoader(train_ds, batch_size=opts.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=opts.workers, drop_last=drop_last, generator=gen,
@@ -341,7 +378,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
     }
     # 64-bit content-hash prefixes of every training/validation file: eval's overlap guard compares with them
     train_hashes = sorted({e.sha256[:16] for e in train_e + val_e}) if len(train_e) + len(val_e) <= 500_000 else []
-    model.train()
+    _set_train_mode(_unwrap(model), opts)
     epoch = start_epoch - 1
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.monotonic()
@@ -378,17 +415,22 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 steps += 1
+                if kill_at == (epoch, steps):
+                    os.kill(os.getpid(), signal.SIGKILL)  # test hook: a hard crash mid-epoch, state unsaved
             n = len(idx)
             seen += n
             for k in sums:
                 sums[k] += float(terms[k].detach()) * n
-            callback("step", {"epoch": epoch, "batch": b, "loss": float(terms["loss"])})
+            callback("step", {"epoch": epoch, "batch": b, "loss": float(terms["loss"].detach())})
         scheduler.step()
         train_time = time.monotonic() - t0
         if not main_proc:
+            if _early_stop_agreed(distributed, False, device):
+                break
             continue
         core = _unwrap(model)
         val_loss, val_scores, val_labels = _validate(core, loss_fn, val_loader, val_e, device)
+        _set_train_mode(core, opts)
         thr, thr_info = choose_threshold(val_scores, val_labels, "eer")
         m = binary_metrics(val_scores, val_labels, thr)
         log = EpochLog(epoch=epoch, train_loss=sums["loss"] / max(seen, 1),
@@ -420,7 +462,9 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         callback("epoch_end", {**asdict(log), "improved": improved})
         if kill_after_epoch is not None and epoch == kill_after_epoch:
             os._exit(137)  # test hook: simulate a crash right after an epoch's state is on disk
-        if bad_epochs >= opts.patience:
+        stop = bad_epochs >= opts.patience
+        # rank 0 alone validates, so it tells the other ranks when to stop (else they wait in all-reduce)
+        if _early_stop_agreed(distributed, stop, device):
             callback("early_stop", {"epoch": epoch})
             break
     if distributed:
@@ -441,6 +485,15 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         callback("tests", tests)
     return TrainResult(str(run_dir), str(best_ckpt), epochs_run, best_epoch, best_loss, threshold, tests,
                        len(skipped))
+
+
+def _early_stop_agreed(distributed: bool, stop: bool, device: str) -> bool:
+    """Rank 0's early-stop decision, broadcast to every rank (a collective: all ranks call it each epoch)."""
+    if not distributed:
+        return stop
+    flag = torch.tensor([1 if stop else 0], device=device)
+    torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _clone_for_save(model: MFCLIP) -> MFCLIP:
@@ -489,7 +542,7 @@ def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback
     """Train every run of the protocol (one for most; one per held-out pair for leave-source-out)."""
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume and _rank() == 0:  # under torchrun rank 0 alone writes; the others would see its file
         existing = out / "config.json"
         if existing.exists():
             raise MfclipError(f"{out} already holds a training run; use --resume {out} or another --out")

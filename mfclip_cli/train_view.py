@@ -19,11 +19,11 @@ class TrainView:
                                  disable=quiet or not err_console.is_terminal, transient=True)
         self.task = None
 
-    def __enter__(self) -> "TrainView":
+    def __enter__(self) -> TrainView:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
 
     def _task(self, description: str, total: int | None) -> None:
