@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -72,33 +73,33 @@ def _default_weights(backend: str, weights: str | None) -> str:
 
 @app.command()
 def scan(
-    paths: Annotated[Optional[list[str]], typer.Argument(help="Files, folders (recursive) or glob patterns.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report (JSON) here; '-' = stdout.")] = None,
-    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write one CSV row per face here.")] = None,
-    jsonl_out: Annotated[Optional[Path], typer.Option("--jsonl", help="Stream one JSON line per item as it finishes.")] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="MFCLIP checkpoint (.safetensors); default: the shipped model.")] = None,
-    backend: Annotated[str, typer.Option(help="torch | onnx")] = "torch",
-    model_dir: Annotated[Optional[str], typer.Option("--model", help="Exported model folder (with --backend onnx).")] = None,
+    paths: Annotated[list[str] | None, typer.Argument(help="Files, folders (recursive) or glob patterns.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report (JSON) here; '-' = stdout.")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write one CSV row per face here.")] = None,
+    jsonl_out: Annotated[Path | None, typer.Option("--jsonl", help="Stream one JSON line per item as it finishes.")] = None,
+    weights: Annotated[str | None, typer.Option("--weights", help="MFCLIP checkpoint (.safetensors); default: the shipped model.")] = None,
+    backend: Annotated[str, typer.Option(help="auto (ONNX export beside the checkpoint on CPU, else torch) | torch | onnx")] = "auto",
+    model_dir: Annotated[str | None, typer.Option("--model", help="Exported model folder (with --backend onnx).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Faces per classifier batch.")] = 32,
     workers: Annotated[int, typer.Option(help="Threads that decode, detect and crop ahead of the classifier.")] = 2,
-    threshold: Annotated[Optional[float], typer.Option(help="Decision threshold on P(fake); default: the checkpoint's.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold on P(fake); default: the checkpoint's.")] = None,
     uncertain_band: Annotated[float, typer.Option(help="Scores within this distance of the threshold are 'uncertain'.")] = 0.0,
-    max_faces: Annotated[Optional[int], typer.Option(help="Score at most this many faces per image/frame (largest first).")] = None,
-    min_face: Annotated[Optional[int], typer.Option(help="Ignore faces whose box is smaller (pixels).")] = None,
+    max_faces: Annotated[int | None, typer.Option(help="Score at most this many faces per image/frame (largest first).")] = None,
+    min_face: Annotated[int | None, typer.Option(help="Ignore faces whose box is smaller (pixels).")] = None,
     no_face: Annotated[str, typer.Option(help="skip: report no_face | full: score the whole image.")] = "skip",
-    detector: Annotated[Optional[str], typer.Option(help="Override the checkpoint's face detector: retinaface | insightface | haar.")] = None,
-    fps: Annotated[Optional[float], typer.Option(help="Video: frames sampled per second.")] = 1.0,
-    frames: Annotated[Optional[int], typer.Option(help="Video: at most this many sampled frames.")] = 32,
+    detector: Annotated[str | None, typer.Option(help="Override the checkpoint's face detector: retinaface | insightface | haar.")] = None,
+    fps: Annotated[float | None, typer.Option(help="Video: frames sampled per second.")] = 1.0,
+    frames: Annotated[int | None, typer.Option(help="Video: at most this many sampled frames.")] = 32,
     video_top: Annotated[float, typer.Option(help="Video score = mean of the top fraction of frame scores.")] = 0.25,
-    from_file: Annotated[Optional[str], typer.Option("--from-file", help="Read paths, one per line, from a file ('-' = stdin).")] = None,
-    shard_opt: Annotated[Optional[str], typer.Option("--shard", help="K/N: scan only the K-th of N shares of the sorted inputs.")] = None,
+    from_file: Annotated[str | None, typer.Option("--from-file", help="Read paths, one per line, from a file ('-' = stdin).")] = None,
+    shard_opt: Annotated[str | None, typer.Option("--shard", help="K/N: scan only the K-th of N shares of the sorted inputs.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this many pixels.")] = 100_000_000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress; only errors.")] = False,
 ) -> None:
     """Score every face in images and videos. Exit 0: nothing flagged, 1: something flagged fake,
     2: usage/fatal error, 3: nothing flagged but some inputs could not be read."""
-    from .report import JsonlWriter, exit_code_for, render_summary, render_table, write_csv, write_json
+    from .report import JsonlWriter, exit_code_for, render_table, write_csv, write_json
     from .scan import ScanOptions, run_scan
 
     if not paths and not from_file:
@@ -132,14 +133,11 @@ def scan(
         progress.advance(task)
 
     try:
-        with progress:
+        with progress, jsonl or contextlib.nullcontext():  # the writer opens its file on entering
             result = run_scan(paths or [], ckpt, opts, from_file=from_file, on_item=on_item,
                               on_total=lambda n: progress.update(task, total=n))
     except MfclipError as exc:
         _fail(exc)
-    finally:
-        if jsonl:
-            jsonl.close()
 
     if json_out is not None:
         if to_stdout:
@@ -149,8 +147,7 @@ def scan(
     if csv_out is not None:
         write_csv(result, csv_out)
     if not quiet:
-        render_table(result, out_console)
-        render_summary(result, out_console)
+        render_table(result, out_console)  # prints the summary line too
         if result.interrupted:
             err_console.print("[yellow]interrupted: the report holds the items finished so far[/]")
     raise typer.Exit(int(exit_code_for(result.summary())))
@@ -158,23 +155,23 @@ def scan(
 
 @app.command()
 def train(
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset root (generic, GenFace or DiFF tree) or a CSV manifest.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Dataset root (generic, GenFace or DiFF tree) or a CSV manifest.")] = None,
     protocol: Annotated[str, typer.Option(help="in-domain | cross-generator | cross-forgery | cross-dataset | leave-source-out")] = "in-domain",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder to create.")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder after a crash.")] = None,
-    test_generators: Annotated[Optional[str], typer.Option(help="cross-generator: comma-separated held-out generators.")] = None,
-    train_generators: Annotated[Optional[str], typer.Option(help="cross-generator: comma-separated training generators.")] = None,
-    train_kind: Annotated[Optional[str], typer.Option(help="cross-forgery: the forgery kind trained on.")] = None,
-    test_data: Annotated[Optional[str], typer.Option(help="cross-dataset: the test dataset root.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder to create.")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder after a crash.")] = None,
+    test_generators: Annotated[str | None, typer.Option(help="cross-generator: comma-separated held-out generators.")] = None,
+    train_generators: Annotated[str | None, typer.Option(help="cross-generator: comma-separated training generators.")] = None,
+    train_kind: Annotated[str | None, typer.Option(help="cross-forgery: the forgery kind trained on.")] = None,
+    test_data: Annotated[str | None, typer.Option(help="cross-dataset: the test dataset root.")] = None,
     layout: Annotated[str, typer.Option(help="auto | generic | genface | diff | csv")] = "auto",
     preset: Annotated[str, typer.Option(help="Model preset: tiny | effnet-lite0 | ViT-B-16 | ViT-B-32 | ViT-L-14")] = "effnet-lite0",
-    clip_weights: Annotated[Optional[str], typer.Option(help="Local CLIP weights file for ViT presets (instead of the 'openai' tag).")] = None,
+    clip_weights: Annotated[str | None, typer.Option(help="Local CLIP weights file for ViT presets (instead of the 'openai' tag).")] = None,
     online: Annotated[bool, typer.Option("--online", help="Allow downloading pretrained weights from the model hub.")] = False,
-    spa: Annotated[Optional[str], typer.Option(help="pair | matrix | none")] = None,
-    branches: Annotated[Optional[str], typer.Option(help="both | image | noise")] = None,
-    fusion: Annotated[Optional[str], typer.Option(help="sum | concat")] = None,
-    prompt_levels: Annotated[Optional[str], typer.Option(help="Prompt levels used, e.g. 1,2,3,4")] = None,
-    lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank on the CLIP towers (0 = off).")] = None,
+    spa: Annotated[str | None, typer.Option(help="pair | matrix | none")] = None,
+    branches: Annotated[str | None, typer.Option(help="both | image | noise")] = None,
+    fusion: Annotated[str | None, typer.Option(help="sum | concat")] = None,
+    prompt_levels: Annotated[str | None, typer.Option(help="Prompt levels used, e.g. 1,2,3,4")] = None,
+    lora_rank: Annotated[int | None, typer.Option(help="LoRA rank on the CLIP towers (0 = off).")] = None,
     freeze_image: Annotated[bool, typer.Option(help="Freeze the image tower.")] = False,
     freeze_text: Annotated[bool, typer.Option(help="Freeze the text tower.")] = False,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping, patience 5).")] = 100,
@@ -182,13 +179,13 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
     patience: Annotated[int, typer.Option(help="Early-stopping patience on validation loss.")] = 5,
     accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
-    max_steps: Annotated[Optional[int], typer.Option(help="At most this many optimizer steps per epoch (quick runs).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="At most this many optimizer steps per epoch (quick runs).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
     workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 2,
     crop: Annotated[str, typer.Option(help="Face crops: retinaface | insightface | haar | none (pre-aligned data).")] = "retinaface",
-    crop_margin: Annotated[Optional[float], typer.Option(help="Margin around the aligned face (fraction).")] = None,
-    run: Annotated[Optional[int], typer.Option(help="leave-source-out: train only this run (1-based).")] = None,
+    crop_margin: Annotated[float | None, typer.Option(help="Margin around the aligned face (fraction).")] = None,
+    run: Annotated[int | None, typer.Option(help="leave-source-out: train only this run (1-based).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
 ) -> None:
     """Train MFCLIP under a protocol; writes a self-describing run folder (resumable)."""
@@ -229,18 +226,18 @@ def eval_cmd(
     checkpoint: Annotated[str, typer.Argument(help="MFCLIP checkpoint (.safetensors).")],
     data: Annotated[str, typer.Option("--data", help="Dataset root or CSV manifest.")],
     layout: Annotated[str, typer.Option(help="auto | generic | genface | diff | csv")] = "auto",
-    split: Annotated[Optional[str], typer.Option(help="Evaluate only this split (train | val | test) of the data.")] = None,
-    protocol: Annotated[Optional[str], typer.Option(help="Evaluate the test sets of a protocol (as in train).")] = None,
-    test_generators: Annotated[Optional[str], typer.Option(help="cross-generator: held-out generators.")] = None,
+    split: Annotated[str | None, typer.Option(help="Evaluate only this split (train | val | test) of the data.")] = None,
+    protocol: Annotated[str | None, typer.Option(help="Evaluate the test sets of a protocol (as in train).")] = None,
+    test_generators: Annotated[str | None, typer.Option(help="cross-generator: held-out generators.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the protocol split.")] = 0,
     robustness: Annotated[bool, typer.Option("--robustness", help="Also evaluate under JPEG/blur/down-scale/re-encode.")] = False,
     standardize: Annotated[bool, typer.Option("--standardize", help="Resize + JPEG re-encode every input first.")] = False,
-    calibrate: Annotated[Optional[str], typer.Option(help="Choose the threshold on this validation set and write a new checkpoint.")] = None,
-    target_fpr: Annotated[Optional[float], typer.Option(help="With --calibrate: threshold at this false-positive rate (default: EER).")] = None,
-    calibrated_out: Annotated[Optional[str], typer.Option(help="With --calibrate: where to write the new checkpoint.")] = None,
+    calibrate: Annotated[str | None, typer.Option(help="Choose the threshold on this validation set and write a new checkpoint.")] = None,
+    target_fpr: Annotated[float | None, typer.Option(help="With --calibrate: threshold at this false-positive rate (default: EER).")] = None,
+    calibrated_out: Annotated[str | None, typer.Option(help="With --calibrate: where to write the new checkpoint.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the AUC 95% CI (0 = off).")] = 0,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
-    plots: Annotated[Optional[Path], typer.Option("--plots", help="Write ROC/DET curves and score histograms here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write ROC/DET curves and score histograms here.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail when eval files overlap the checkpoint's training files.")] = False,
     batch_size: Annotated[int, typer.Option(help="Faces per batch.")] = 32,
     workers: Annotated[int, typer.Option(help="Decode/crop workers.")] = 2,
@@ -288,7 +285,7 @@ def export(
 
 @app.command()
 def info(
-    weights: Annotated[Optional[str], typer.Option("--weights", help="Describe this checkpoint instead of the default.")] = None,
+    weights: Annotated[str | None, typer.Option("--weights", help="Describe this checkpoint instead of the default.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Versions, devices and ONNX Runtime providers that really work, and the weights found."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MediaError, MfclipError
-from .faces import crop_faces, detector_for_policy, make_detector
+from .faces import crop_faces, make_detector
 from .faces.types import CropPolicy, Face
 from .media import InputItem, collect_inputs, decode_image, iter_video_frames, shard
 from .model.preprocess import PreprocessConfig, prepare_batch
@@ -31,7 +31,7 @@ NO_FACE_POLICIES = ("skip", "full")
 class ScanOptions:
     """Everything that changes what a scan computes (echoed into the report's settings)."""
 
-    backend: str = "torch"
+    backend: str = "auto"
     device: str = "auto"
     batch_size: int = 32
     workers: int = 2
@@ -78,8 +78,8 @@ class _Preparer:
         self.opts = opts
         self.policy = policy
         self.pre = pre
-        self.detector = detector_for_policy(policy) if opts.detector is None else (
-            None if policy.detector == "none" else make_detector(policy.detector))
+        kw = {"threads": 1} if policy.detector == "retinaface" else {}
+        self.detector = None if policy.detector == "none" else make_detector(policy.detector, **kw)
         self.full_policy = CropPolicy.none(pre.size)
 
     def _crops(self, image: np.ndarray) -> list[tuple[Face, np.ndarray]]:
@@ -180,7 +180,10 @@ def run_scan(
     threshold = info.threshold if opts.threshold is None else opts.threshold
     items, input_errors = collect_inputs(paths, from_file=from_file)
     if opts.shard is not None:
-        items = shard(items, *opts.shard)
+        k, n = opts.shard
+        items = shard(items, k, n)
+        # Inputs that failed to resolve belong to one shard too, else N machines would each report them.
+        input_errors = [e for i, e in enumerate(sorted(input_errors, key=lambda e: e.path)) if i % n == k - 1]
     results: list[ItemResult] = []
     for err in input_errors:
         r = ItemResult.failed(err.path, "image", err.code, err.message)

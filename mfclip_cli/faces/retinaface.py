@@ -32,12 +32,12 @@ def default_threads() -> int:
     return max(1, min(8, n))
 
 
-def make_session(model_path: Path, providers: list[str] | None = None):
+def make_session(model_path: Path, providers: list[str] | None = None, threads: int | None = None):
     """An onnxruntime session: CUDA only when it is available and actually loads, else CPU."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = default_threads()
+    opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: ORT's provider-fallback warnings are handled below
     if providers is not None:
@@ -136,6 +136,7 @@ class RetinaFaceDetector:
         max_side: int = 640,
         max_batch: int = 8,
         max_pad_ratio: float = 1.25,
+        threads: int | None = None,
     ):
         path = Path(model_path) if model_path is not None else paths.retinaface_model()
         if not path.is_file():
@@ -153,7 +154,8 @@ class RetinaFaceDetector:
         self.max_batch = max(1, int(max_batch))
         # A batch may hold at most this much padded area relative to its images' own area.
         self.max_pad_ratio = float(max_pad_ratio)
-        self._session = make_session(path, providers)
+        # scan runs one detector call per worker thread: 1 intra-op thread each avoids oversubscription
+        self._session = make_session(path, providers, threads)
         self._input_name = self._session.get_inputs()[0].name
 
     @property

