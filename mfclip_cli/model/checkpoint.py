@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,7 @@ def save_checkpoint(path: str | Path, model: MFCLIP, *, meta: dict[str, Any] | N
 
     cfg = model.cfg
     if merge and has_lora(model):
+        model = copy.deepcopy(model)  # merge a copy: the caller may still be training the adapters
         merge_lora(model)
         cfg = replace(cfg, lora=None)
         model.cfg = cfg
@@ -61,11 +63,12 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist. Pass --weights with an mfclip .safetensors file.")
+        raise CheckpointError(f"checkpoint {path} does not exist; give the path of an mfclip .safetensors "
+                              f"checkpoint (e.g. a run's best.safetensors, or weights/mfclip_default.safetensors)")
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(META_KEY)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a safetensors file"
+    except Exception as exc:
         raise CheckpointError(
             f"{path} is not a safetensors checkpoint ({type(exc).__name__}). mfclip never unpickles "
             f"files; convert third-party weights to .safetensors first."
@@ -97,7 +100,12 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     state = load_file(str(path), device="cpu")
     own = model.state_dict()
     state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shapes that do not fit the declared config
+        raise CheckpointError(
+            f"{path} does not match its declared architecture ({_describe(cfg)}): {str(exc)[:300]}"
+        ) from exc
     if not cfg.include_text:
         missing = [k for k in missing if not k.startswith(_TEXT_PREFIX)]
     if missing or unexpected:

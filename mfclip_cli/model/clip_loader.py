@@ -88,7 +88,7 @@ def build_clip(
     set_hub_offline(not allowed)
     try:
         model = open_clip.create_model(clip_arch, pretrained=pretrained, force_quick_gelu=quick_gelu)
-    except Exception as exc:  # noqa: BLE001 - open_clip/hub raise many types; all mean "not here"
+    except Exception as exc:
         how = (
             "downloads are off"
             if not allowed

@@ -98,7 +98,7 @@ class ModelConfig:
         return d
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         d["preprocess"] = PreprocessConfig.from_dict(d.get("preprocess") or PreprocessConfig().to_dict())
         n = dict(d.get("noise") or {})
@@ -119,7 +119,7 @@ class ModelConfig:
             raise MfclipError(f"unknown model config keys: {', '.join(sorted(unknown))}")
         return ModelConfig(**d)
 
-    def with_overrides(self, **overrides: Any) -> "ModelConfig":
+    def with_overrides(self, **overrides: Any) -> ModelConfig:
         """A copy with the given non-None fields replaced (CLI flags are the highest precedence)."""
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "lora_rank" in clean:

@@ -41,7 +41,7 @@ class PreprocessConfig:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict) -> "PreprocessConfig":
+    def from_dict(d: dict) -> PreprocessConfig:
         return PreprocessConfig(
             size=int(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]), grid=int(d["grid"]),
             mask=str(d.get("mask", "none")),
