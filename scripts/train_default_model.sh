@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# How weights/mfclip_default.safetensors (+ its ONNX export) was made. CPU only; ../shared/data/faces.
+# Usage: scripts/train_default_model.sh [RUN_DIR]   (resumable: rerun with the same RUN_DIR after a crash)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:-runs/default}
+DATA=${MFCLIP_DATA:-../shared/data/faces}
+if [ -f "$RUN/config.json" ]; then
+  uv run mfclip train --resume "$RUN"
+else
+  uv run mfclip train --data "$DATA" --protocol in-domain --preset effnet-lite0 --freeze-image \
+    --crop-margin 0 --epochs 3 --max-steps 60 --batch-size 24 --workers 2 --seed 0 --out "$RUN"
+fi
+# fp16, inference-only (no text tower) copy of the best checkpoint, then its ONNX graph beside it
+uv run python - "$RUN/best.safetensors" weights/mfclip_default.safetensors <<'PY'
+import sys
+from mfclip_cli.model import load_checkpoint, save_checkpoint
+model, meta = load_checkpoint(sys.argv[1])
+keep = {k: v for k, v in meta.items() if k not in ("sha256", "path", "format_version", "model", "package_version", "dtype")}
+save_checkpoint(sys.argv[2], model, meta=keep, half=True, include_text=False)
+PY
+uv run mfclip export weights/mfclip_default.safetensors --out weights/mfclip_default_onnx --overwrite
+uv run mfclip eval weights/mfclip_default.safetensors --data "$DATA" --split test --seed 0 --robustness \
+  --bootstrap 200 --json "$RUN/eval_test.json"
