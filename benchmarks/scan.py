@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--upscale", type=int, default=768, help="short side of the upscaled set (px)")
     p.add_argument("--batch", type=int, default=32, help="faces per classify batch")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--backend", default="auto", help="auto (as scan: the ONNX export beside the checkpoint) | torch | onnx")
     p.add_argument("--device", default="cpu", help="classifier device (auto | cpu | cuda)")
     p.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
     return p.parse_args(argv)
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     loadavg = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="mfclip-bench-scan-") as tmp:
         weights, source = resolve_checkpoint(args.weights, args.preset, Path(tmp))
-        backend = load_backend("torch", str(weights), device=args.device)
+        backend = load_backend(args.backend, str(weights), device=args.device)
         big = upscale_copies(paths, args.upscale, Path(tmp) / "upscaled")
         sets = [run_set("native", paths, weights, backend, args.batch),
                 run_set(f"upscaled (short side >= {args.upscale})", big, weights, backend, args.batch)]  # fmt: skip
