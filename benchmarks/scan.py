@@ -40,7 +40,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", "--images", type=int, default=100, help="images sampled from --data")
-    p.add_argument("--data", default="/work/shared/data/faces", help="folder of face images (recursive)")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"), help="folder of face images (recursive)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--weights", help="mfclip .safetensors (default: shipped, else --preset effnet-lite0)")
     src.add_argument("--preset", help="build this preset with random heads instead of loading weights")

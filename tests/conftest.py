@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 # --- model-core fixtures (test_model.py, test_checkpoint.py, test_preprocess.py) -----------------------
-FACES_DIR = Path("/work/shared/data/faces")
+FACES_DIR = Path(os.environ.get("MFCLIP_SHARED_FACES") or Path(__file__).resolve().parents[2] / "shared" / "data" / "faces")
 
 
 def _read_crop(path: Path, size: int = 224) -> np.ndarray:
