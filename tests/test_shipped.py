@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import FACES_DIR
 
 from mfclip_cli.paths import default_checkpoint
 from mfclip_cli.scan import ScanOptions, run_scan
-
-from conftest import FACES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
