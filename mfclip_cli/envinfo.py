@@ -24,7 +24,8 @@ def working_ort_providers() -> dict[str, Any]:
     except ImportError:
         return {"listed": [], "working": [], "error": "onnxruntime is not installed (pip install 'mfclip[cpu]')"}
     listed = ort.get_available_providers()
-    working = []
+    working: list[str] = []
+    failed: list[str] = []
     model = retinaface_model()
     for prov in listed:
         if prov not in ("CPUExecutionProvider", "CUDAExecutionProvider"):
@@ -35,9 +36,9 @@ def working_ort_providers() -> dict[str, Any]:
             sess = ort.InferenceSession(str(model), providers=[prov])
             if sess.get_providers()[0] == prov:
                 working.append(prov)
-        except Exception:  # noqa: BLE001 - a provider that fails to start is exactly what we report
-            pass
-    return {"listed": listed, "working": working}
+        except Exception as exc:  # noqa: BLE001 - a provider that fails to start is exactly what we report
+            failed.append(f"{prov}: {type(exc).__name__}")
+    return {"listed": listed, "working": working, "failed": failed}
 
 
 def collect_info(weights: str | None = None) -> dict[str, Any]:

@@ -532,8 +532,10 @@ def _plot_curves(history: list[dict[str, Any]], run_dir: Path) -> None:
 
     try:
         plot_training_curves(history, run_dir / "curves.png")
-    except Exception:  # noqa: BLE001 - a plot never fails a finished training run
-        pass
+    except Exception as exc:  # noqa: BLE001 - a plot never fails a finished training run
+        import warnings
+
+        warnings.warn(f"could not draw {run_dir / 'curves.png'}: {exc}", stacklevel=2)
 
 
 # --- driver --------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,7 +19,7 @@ class TrainView:
                                  disable=quiet or not err_console.is_terminal, transient=True)
         self.task = None
 
-    def __enter__(self) -> TrainView:
+    def __enter__(self) -> Self:
         self.progress.__enter__()
         return self
 
