@@ -32,7 +32,8 @@ pytestmark = pytest.mark.skipif(not all(p.is_file() for p in PHOTOS), reason="sh
 
 def _insightface_image(name: str) -> Path:
     spec = importlib.util.find_spec("insightface")
-    assert spec is not None and spec.origin is not None
+    if spec is None or spec.origin is None:
+        pytest.skip("insightface (optional; in uv's dev group) is not installed: its sample image is missing")
     return Path(spec.origin).parent / "data" / "images" / name
 
 

@@ -52,7 +52,16 @@ class InsightFaceDetector:
         self.pack_dir = base / "models" / pack
         self.model_path = find_detection_model(self.pack_dir)
         import onnxruntime as ort
-        from insightface.model_zoo import get_model  # heavy import, only when this backend is used
+
+        try:
+            from insightface.model_zoo import get_model  # heavy import, only when this backend is used
+        except ImportError as exc:
+            from mfclip_cli.errors import MfclipError
+
+            raise MfclipError(
+                "the insightface detector backend needs the optional package: pip install 'mfclip[insightface]' "
+                "(then `pip uninstall -y opencv-python`, which it pulls in beside the headless OpenCV)"
+            ) from exc
 
         from mfclip_cli.faces.retinaface import default_threads
 
