@@ -71,7 +71,10 @@ def test_report_with_every_kind_of_item_validates_against_the_schema(schema):
 
 
 def test_empty_and_interrupted_scan_validates(schema):
-    validate(make_result(items=[], interrupted=True).to_json(), schema)
+    doc = make_result(items=[], interrupted=True).to_json()
+    validate(doc, schema)  # raises on a schema violation
+    assert doc["interrupted"] is True
+    assert doc["items"] == [] and doc["summary"]["items"] == 0
 
 
 @pytest.mark.parametrize(
