@@ -359,6 +359,16 @@ class JsonlWriter:
 _VERDICT_STYLE = {"fake": "bold red", "real": "green", "uncertain": "yellow"}
 
 
+def _display_path(path: str) -> str:
+    """A path as the table shows it: relative to the working directory when it lies below it (the reports
+    keep the path exactly as given), so file names are not folded across lines in a narrow terminal."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
+    return rel if not rel.startswith("..") else path
+
+
 def render_table(result: ScanResult, console: Console, max_rows: int = 50) -> None:
     """Print a table of items (first ``max_rows`` in scan order, then "… N more") and the summary line."""
     table = Table(show_header=True, header_style="bold")
@@ -375,7 +385,7 @@ def render_table(result: ScanResult, console: Console, max_rows: int = 50) -> No
         verdict = item.verdict or "-"
         style = _VERDICT_STYLE.get(verdict, "dim")
         table.add_row(
-            escape(item.path),
+            escape(_display_path(item.path)),
             item.kind,
             escape(status),
             str(len(item.faces)),
