@@ -12,7 +12,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -268,7 +267,3 @@ def _classify_in_order(items: list[InputItem], preparer: _Preparer, pool: Thread
     if pending:
         yield from flush()
 
-
-def scan_settings_summary(opts: ScanOptions) -> dict[str, Any]:
-    """Options as plain JSON values (for logs)."""
-    return {k: v for k, v in asdict(opts).items()}

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -448,7 +448,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
                     "taxonomy": {"generators": sorted({e.record.generator for e in train_e})},
                     "training": {**training, "best_epoch": epoch, "val": m.to_dict(), "val_loss": val_loss,
                                  "file_hashes16": train_hashes}}
-            save_checkpoint(best_ckpt, _clone_for_save(core), meta=meta)
+            save_checkpoint(best_ckpt, core, meta=meta)  # merges LoRA into a copy, never into `core`
         else:
             bad_epochs += 1
         # last: weights + optimizer state, then metrics, so a crash at any point resumes consistently
@@ -495,16 +495,6 @@ def _early_stop_agreed(distributed: bool, stop: bool, device: str) -> bool:
     torch.distributed.broadcast(flag, src=0)
     return bool(flag.item())
 
-
-def _clone_for_save(model: MFCLIP) -> MFCLIP:
-    """save_checkpoint merges LoRA in place; the training model must keep its adapters."""
-    from .model.lora import has_lora
-
-    if not has_lora(model):
-        return model
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -595,7 +585,3 @@ def load_run_options(run_dir: str | Path) -> TrainOptions:
         raise MfclipError(f"{run_dir} is not a training run folder (no config.json)")
     return TrainOptions.from_dict(json.loads(p.read_text())["options"])
 
-
-def with_model_overrides(opts: TrainOptions, **kw: Any) -> TrainOptions:
-    clean = {k: v for k, v in kw.items() if v is not None}
-    return replace(opts, model_overrides={**opts.model_overrides, **clean})
