@@ -32,16 +32,18 @@ def srm_kernels() -> torch.Tensor:
 
 
 class SRMFilter(nn.Module):
-    """Fixed (non-learned) SRM bank applied to R+G+B, clipped to [-clip, clip]."""
+    """Fixed (non-learned) SRM bank applied to R+G+B, clipped to [-clip, clip], then times ``gain``."""
 
-    def __init__(self, clip_value: float = 3.0):
+    def __init__(self, clip_value: float = 3.0, gain: float = 1.0):
         super().__init__()
         self.register_buffer("weight", srm_kernels(), persistent=False)
         self.clip_value = clip_value
+        self.gain = gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         summed = x.sum(dim=1, keepdim=True)
-        return F.conv2d(summed, self.weight.to(summed.dtype), padding=2).clamp(-self.clip_value, self.clip_value)
+        out = F.conv2d(summed, self.weight.to(summed.dtype), padding=2).clamp(-self.clip_value, self.clip_value)
+        return out * self.gain if self.gain != 1.0 else out
 
 
 def _vgg_stage(cin: int, cout: int, n: int) -> nn.Sequential:
@@ -81,7 +83,7 @@ class NoiseBranch(nn.Module):
 
     def __init__(self, cfg: NoiseConfig, patch_size: int, out_dim: int):
         super().__init__()
-        self.srm = SRMFilter(cfg.clip_value)
+        self.srm = SRMFilter(cfg.clip_value, cfg.srm_gain)
         c1, c2 = cfg.channels
         self.stages = nn.Sequential(_vgg_stage(3, c1, cfg.convs_per_stage), _vgg_stage(c1, c2, cfg.convs_per_stage))
         fmap = patch_size // 4
