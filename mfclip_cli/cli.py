@@ -172,6 +172,7 @@ def train(
     fusion: Annotated[str | None, typer.Option(help="sum | concat")] = None,
     prompt_levels: Annotated[str | None, typer.Option(help="Prompt levels used, e.g. 1,2,3,4")] = None,
     lora_rank: Annotated[int | None, typer.Option(help="LoRA rank on the CLIP towers (0 = off).")] = None,
+    image_init: Annotated[str | None, typer.Option(help="Image tower start for timm presets: efficientnet-lite0 (ImageNet) | random.")] = None,
     freeze_image: Annotated[bool, typer.Option(help="Freeze the image tower.")] = False,
     freeze_text: Annotated[bool, typer.Option(help="Freeze the text tower.")] = False,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping, patience 5).")] = 100,
@@ -180,6 +181,7 @@ def train(
     patience: Annotated[int, typer.Option(help="Early-stopping patience on validation loss.")] = 5,
     accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
     max_steps: Annotated[int | None, typer.Option(help="At most this many optimizer steps per epoch (quick runs).")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the test sets' AUC 95% CI (0 = off).")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
     workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 2,
@@ -201,7 +203,7 @@ def train(
             if not data or out is None:
                 raise MfclipError("train needs --data ROOT and --out RUN_DIR (or --resume RUN_DIR)")
             overrides = {"spa": spa, "branches": branches, "fusion": fusion, "lora_rank": lora_rank,
-                         "pretrained": clip_weights,
+                         "pretrained": clip_weights, "image_init": image_init,
                          "prompt_levels": tuple(int(x) for x in prompt_levels.split(",")) if prompt_levels else None}
             opts = TrainOptions(
                 data=data, out=str(out), protocol=protocol, layout=layout, test_generators=csv_list(test_generators),
@@ -209,7 +211,7 @@ def train(
                 preset=preset, model_overrides={k: v for k, v in overrides.items() if v is not None},
                 epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
                 workers=workers, accum=accum, crop=crop, crop_margin=crop_margin, max_steps=max_steps,
-                freeze_image=freeze_image, freeze_text=freeze_text, online=online, run=run)
+                freeze_image=freeze_image, freeze_text=freeze_text, online=online, run=run, bootstrap=bootstrap)
         from .train_view import TrainView
 
         with TrainView(quiet=quiet, console=Console(), err_console=err_console) as view:

@@ -78,6 +78,7 @@ class TrainOptions:
     freeze_text: bool = False
     online: bool = False
     run: int | None = None  # multi-run protocols (leave-source-out): only this run (1-based)
+    bootstrap: int = 200  # resamples for the test sets' AUC 95% CI (0 = off)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -480,7 +481,8 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
             if not ents:
                 continue
             scores = score_entries(best_model, ents, batch_size=opts.batch_size, device=device)
-            tests[name] = report_for_set(name, ents, scores, thr, n_skipped=n_skipped_by_set[name]).to_dict()
+            tests[name] = report_for_set(name, ents, scores, thr, bootstrap=opts.bootstrap, seed=opts.seed,
+                                         n_skipped=n_skipped_by_set[name]).to_dict()
         atomic_write_json(run_dir / "test_metrics.json", _jsonable(tests))
         callback("tests", tests)
     return TrainResult(str(run_dir), str(best_ckpt), epochs_run, best_epoch, best_loss, threshold, tests,

@@ -32,7 +32,7 @@ def build_model(cfg: ModelConfig, *, load_pretrained: bool = True, online: bool 
         load_pretrained=load_pretrained,
         online=online,
     )
-    if load_pretrained and cfg.image_init:
+    if load_pretrained and cfg.image_init not in (None, "random"):
         init_image_tower(clip.visual, cfg.image_init)
     model = MFCLIP(cfg, clip, embed_dim, make_tokenizer(cfg, ctx))
     if cfg.lora is not None:

@@ -70,7 +70,7 @@ class ModelConfig:
     clip_config: dict[str, Any] | None = None  # inline open_clip config: embed_dim, vision_cfg, text_cfg
     pretrained: str | None = None  # open_clip tag ("openai") or a local weights file, for clip_arch
     quick_gelu: bool = False
-    image_init: str | None = None  # "efficientnet-lite0": ImageNet weights for a timm trunk
+    image_init: str | None = None  # "efficientnet-lite0": ImageNet weights for a timm trunk; None/"random": none
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     fusion: str = "sum"
@@ -92,8 +92,8 @@ class ModelConfig:
         _check_choice("SPA variant", self.spa, SPA_VARIANTS)
         if not self.prompt_levels or any(lvl not in (1, 2, 3, 4) for lvl in self.prompt_levels):
             raise MfclipError(f"prompt levels must be a non-empty subset of 1..4, got {self.prompt_levels}")
-        if self.image_init not in (None, "efficientnet-lite0"):
-            raise MfclipError(f"unknown image_init {self.image_init!r}; valid: efficientnet-lite0")
+        if self.image_init not in (None, "random", "efficientnet-lite0"):
+            raise MfclipError(f"unknown image_init {self.image_init!r}; valid: efficientnet-lite0, random")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
