@@ -82,7 +82,7 @@ def scan(
     model_dir: Annotated[str | None, typer.Option("--model", help="Exported model folder (with --backend onnx).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Faces per classifier batch.")] = 32,
-    workers: Annotated[int, typer.Option(help="Threads that decode, detect and crop ahead of the classifier.")] = 2,
+    workers: Annotated[int | None, typer.Option(help="Worker threads that decode, detect, crop and classify (default: one per CPU).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold on P(fake); default: the checkpoint's.")] = None,
     uncertain_band: Annotated[float, typer.Option(help="Scores within this distance of the threshold are 'uncertain'.")] = 0.0,
     max_faces: Annotated[int | None, typer.Option(help="Score at most this many faces per image/frame (largest first).")] = None,

@@ -367,3 +367,35 @@ def test_ctrl_c_writes_a_valid_partial_report(scan_checkpoint, scan_astronaut, t
     assert 1 <= report["summary"]["items"] < n
     assert all(i["status"] == "ok" for i in report["items"])
     assert code == exit_code_for(report["summary"])
+
+
+def test_scores_and_order_do_not_depend_on_workers_or_batch_size(scan_checkpoint, scan_astronaut, tmp_path):
+    """Prepare and classify tasks share one pool and batches split at the end of a scan; whatever the
+    schedule, every item keeps its input position and its score (faces batched with other files)."""
+    import cv2
+
+    from mfclip_cli.scan import ScanOptions, resolved_workers, run_scan, usable_cpus
+
+    folder = tmp_path / "mixed"
+    for i in range(9):  # faces at different sizes and flips, two face-less images and a broken file
+        img = cv2.resize(scan_astronaut, (256 + 32 * i, 256 + 32 * i))
+        write_jpeg(img[:, ::-1] if i % 2 else img, folder / f"{i:02d}_face.jpg")
+    write_jpeg(np.full((200, 300, 3), 90, np.uint8), folder / "03b_blank.jpg")
+    write_jpeg(np.full((120, 120, 3), 200, np.uint8), folder / "07b_blank.jpg")
+    (folder / "05b_broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    expected = sorted(str(p) for p in folder.iterdir())
+
+    runs = {}
+    for workers, batch in ((1, 1), (3, 4), (2, 32), (None, 7)):
+        res = run_scan([str(folder)], str(scan_checkpoint), ScanOptions(workers=workers, batch_size=batch))
+        assert [i.path for i in res.items] == expected
+        assert res.settings["workers"] == (workers or usable_cpus())
+        runs[(workers, batch)] = [(i.status, i.score) for i in res.items]
+    assert resolved_workers(ScanOptions()) == usable_cpus() >= 1
+    base = runs[(1, 1)]
+    statuses = [s for s, _ in base]
+    assert statuses.count("ok") == 9 and statuses.count("no_face") == 2 and statuses.count("error") == 1
+    for key, got in runs.items():
+        assert [s for s, _ in got] == statuses, key
+        for (_, a), (_, b) in zip(base, got):
+            assert (a is None and b is None) or abs(a - b) < 1e-5, key

@@ -72,6 +72,7 @@ class InsightFaceDetector:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = default_threads()
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         model = get_model(str(self.model_path), providers=providers, sess_options=opts)
         if model is None or not hasattr(model, "detect"):
             raise WeightsNotFound(

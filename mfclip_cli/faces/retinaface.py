@@ -40,6 +40,7 @@ def make_session(model_path: Path, providers: list[str] | None = None, threads: 
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only: ORT's provider-fallback warnings are handled below
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see onnx_backend.session_options
     if providers is not None:
         return ort.InferenceSession(str(model_path), sess_options=opts, providers=list(providers))
     if "CUDAExecutionProvider" in ort.get_available_providers():
