@@ -39,6 +39,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "full-matrix": ("full MFCLIP, SPA matrix (released code), trunk frozen", ["--spa", "matrix", "--freeze-image"]),
     "full-pair-random": ("full MFCLIP, SPA pair, random-init trunk trained",
                          ["--spa", "pair", "--image-init", "random"]),
+    "full-pair-strongaug": ("full MFCLIP, SPA pair, trunk frozen, strong augmentation (JPEG/sharpness re-drawn)",
+                            ["--spa", "pair", "--freeze-image", "--augment", "strong"]),
+    "full-pair-finetune-strongaug": ("full MFCLIP, SPA pair, trunk fine-tuned, strong augmentation",
+                                     ["--spa", "pair", "--augment", "strong"]),
 }
 
 

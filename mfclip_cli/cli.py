@@ -182,6 +182,8 @@ def train(
     accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
     max_steps: Annotated[int | None, typer.Option(help="At most this many optimizer steps per epoch (quick runs).")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the test sets' AUC 95% CI (0 = off).")] = 200,
+    augment: Annotated[str, typer.Option(help="Training augmentation: default | strong (re-draws JPEG quality and sharpness for most images).")] = "default",
+    test_frac: Annotated[float, typer.Option(help="in-domain / cross-generator / cross-forgery: share of groups held out for test.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
     workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 2,
@@ -211,7 +213,8 @@ def train(
                 preset=preset, model_overrides={k: v for k, v in overrides.items() if v is not None},
                 epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
                 workers=workers, accum=accum, crop=crop, crop_margin=crop_margin, max_steps=max_steps,
-                freeze_image=freeze_image, freeze_text=freeze_text, online=online, run=run, bootstrap=bootstrap)
+                freeze_image=freeze_image, freeze_text=freeze_text, online=online, run=run, bootstrap=bootstrap,
+                augment=augment, test_frac=test_frac)
         from .train_view import TrainView
 
         with TrainView(quiet=quiet, console=Console(), err_console=err_console) as view:

@@ -29,7 +29,7 @@ from .data.dataset import CropDataset
 from .data.layouts import read_dataset
 from .data.manifest import manifest_sha256, write_manifest_csv
 from .data.protocols import ProtocolSplit, make_protocol, write_split_files
-from .data.transforms import TrainAugment
+from .data.transforms import train_augment
 from .errors import MfclipError
 from .evaluate import report_for_set, score_entries
 from .faces.types import CropPolicy
@@ -79,6 +79,7 @@ class TrainOptions:
     online: bool = False
     run: int | None = None  # multi-run protocols (leave-source-out): only this run (1-based)
     bootstrap: int = 200  # resamples for the test sets' AUC 95% CI (0 = off)
+    augment: str = "default"  # training augmentation: default | strong (data.transforms.train_augment)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -357,7 +358,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         history = _read_metrics(run_dir / "metrics.jsonl")[:start_epoch]
         callback("resumed", {"epoch": start_epoch})
 
-    train_ds = CropDataset(train_e, cfg.preprocess, augment=TrainAugment(), seed=opts.seed)
+    train_ds = CropDataset(train_e, cfg.preprocess, augment=train_augment(opts.augment), seed=opts.seed)
     sampler = None
     if distributed:
         from torch.utils.data.distributed import DistributedSampler
@@ -534,6 +535,7 @@ def _plot_curves(history: list[dict[str, Any]], run_dir: Path) -> None:
 def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback = _noop,
                  kill_after_epoch: int | None = None) -> list[TrainResult]:
     """Train every run of the protocol (one for most; one per held-out pair for leave-source-out)."""
+    train_augment(opts.augment)  # an unknown name fails before anything is written
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     if not resume and _rank() == 0:  # under torchrun rank 0 alone writes; the others would see its file

@@ -378,6 +378,25 @@ def test_flip_only_augment_flips(image: np.ndarray):
     np.testing.assert_array_equal(none(image, np.random.default_rng(0)), image)
 
 
+def test_strong_augment_alters_most_images_and_unknown_names_fail(image: np.ndarray):
+    from mfclip_cli.data.transforms import train_augment
+    from mfclip_cli.errors import MfclipError
+
+    def changed_share(aug: TrainAugment) -> float:
+        # flips aside: how many of 200 draws leave the pixels (up to a flip) untouched
+        same = 0
+        for seed in range(200):
+            out = aug(image, np.random.default_rng(seed))
+            same += np.array_equal(out, image) or np.array_equal(out, image[:, ::-1])
+        return 1 - same / 200
+
+    default, strong = changed_share(train_augment("default")), changed_share(train_augment("strong"))
+    # default: 1 - 0.7*0.7*0.5 = 0.755 expected; strong: 1 - 0.4*0.7*0.1 = 0.972
+    assert 0.65 < default < 0.85 and strong > 0.93, (default, strong)
+    with pytest.raises(MfclipError, match="unknown augmentation"):
+        train_augment("wild")
+
+
 def test_jpeg_changes_pixels_and_keeps_rgb_order(image: np.ndarray):
     out = get_perturbation("jpeg50")(image)
     assert out.shape == image.shape and out.dtype == np.uint8

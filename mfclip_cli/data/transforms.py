@@ -111,6 +111,22 @@ class TrainAugment:
         return out.copy() if out is img else out
 
 
+AUGMENTATIONS = ("default", "strong")
+
+
+def train_augment(name: str) -> TrainAugment:
+    """A named training augmentation. "strong" works against this pool's source confounds: JPEG quality
+    (q~75 sources vs q~93-95 ones, lossless PNG fakes) and sharpness (300 px sources are upsampled into the
+    crop, 512 px ones downsampled) are re-drawn for most images, so neither tells the classes apart."""
+    if name == "default":
+        return TrainAugment()
+    if name == "strong":
+        return TrainAugment(p_jpeg=0.9, jpeg=(50, 90), p_downup=0.6, downup=(0.35, 1.0), p_blur=0.3)
+    from ..errors import MfclipError
+
+    raise MfclipError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}")
+
+
 def standardize(img: np.ndarray, size: int | None = 512, quality: int = 90) -> np.ndarray:
     """The image with its shorter side resized to ``size`` (aspect kept; None: no resize), then JPEG-encoded
     at ``quality``, for sets whose classes differ in resolution or file format."""
