@@ -235,6 +235,7 @@ def eval_cmd(
     protocol: Annotated[str | None, typer.Option(help="Evaluate the test sets of a protocol (as in train).")] = None,
     test_generators: Annotated[str | None, typer.Option(help="cross-generator: held-out generators.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the protocol split.")] = 0,
+    test_frac: Annotated[float | None, typer.Option(help="With --split: the run's test share (default: recorded in the checkpoint, else 0.2).")] = None,
     robustness: Annotated[bool, typer.Option("--robustness", help="Also evaluate under JPEG/blur/down-scale/re-encode.")] = False,
     standardize: Annotated[bool, typer.Option("--standardize", help="Resize + JPEG re-encode every input first.")] = False,
     calibrate: Annotated[str | None, typer.Option(help="Choose the threshold on this validation set and write a new checkpoint.")] = None,
@@ -256,7 +257,7 @@ def eval_cmd(
         opts = EvalOptions(
             checkpoint=checkpoint, data=data, layout=layout, split=split, protocol=protocol,
             test_generators=tuple(x.strip() for x in test_generators.split(",")) if test_generators else None,
-            seed=seed, robustness=robustness, standardize=standardize, calibrate=calibrate,
+            seed=seed, test_frac=test_frac, robustness=robustness, standardize=standardize, calibrate=calibrate,
             target_fpr=target_fpr, calibrated_out=calibrated_out, bootstrap=bootstrap,
             json_out=str(json_out) if json_out else None, plots=str(plots) if plots else None, strict=strict,
             batch_size=batch_size, workers=workers, device=device)

@@ -8,8 +8,8 @@ and the Rich renderer (:func:`render_eval`) read.
 Decisions worth knowing:
 - Without ``--split`` / ``--protocol`` every record is test data (one set, "all"). ``--split S`` keeps the
   records whose split is S: preset splits (GenFace, CSV) are honoured, other groups are assigned with the
-  same hash rule and default fractions (val 0.1, test 0.2) as ``mfclip train``, so ``--split test --seed K``
-  reproduces a run's in-domain test split.
+  same hash rule and fractions (val 0.1, test ``--test-frac``, default 0.2) as ``mfclip train``, so
+  ``--split test --seed K [--test-frac F]`` reproduces a run's in-domain test split.
 - ``--protocol`` evaluates the protocol's test sets. leave-source-out has one run per held-out pair; the
   run the checkpoint was trained on (its ``training.split`` name) is evaluated, else run 1 — other runs'
   test sets contain this checkpoint's training files. cross-generator without ``--test-generators`` holds
@@ -199,6 +199,7 @@ class EvalOptions:
     protocol: str | None = None
     test_generators: tuple[str, ...] | None = None
     seed: int = 0
+    test_frac: float | None = None  # --split: the run's test share (None: the checkpoint's record, else 0.2)
     robustness: bool = False
     standardize: bool = False
     calibrate: str | None = None
@@ -316,13 +317,16 @@ def select_sets(opts: EvalOptions, records: list[Record], meta: dict[str, Any]
     from .data.splits import assign_splits
 
     if opts.split is not None:
-        assigned = assign_splits(records, seed=opts.seed)
+        recorded = meta.get("training", {})
+        val = float(recorded.get("val_frac", 0.1))
+        test = opts.test_frac if opts.test_frac is not None else float(recorded.get("test_frac", 0.2))
+        assigned = assign_splits(records, val=val, test=test, seed=opts.seed)
         chosen = [r for r in assigned if r.split == opts.split]
         if not chosen:
             raise MfclipError(f"{opts.data} has no {opts.split!r} records (splits by group, seed {opts.seed})")
         preset = sum(r.split is not None for r in records)
         note = (f"--split {opts.split}: {preset} record(s) with a preset split, the rest assigned by group "
-                f"(seed {opts.seed}, val 0.1, test 0.2 as in `mfclip train`)")
+                f"(seed {opts.seed}, val {val:g}, test {test:g} as in `mfclip train`)")
         return {f"split:{opts.split}": chosen}, [note]
     if opts.protocol is None:
         return {"all": records}, []

@@ -376,7 +376,8 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
     training = {
         "protocol": opts.protocol, "split": split.name, "data": str(opts.data),
         "manifest_sha256": manifest_sha256(split.train + split.val), "seed": opts.seed,
-        "package_version": __version__, "preset": cfg.preset,
+        "package_version": __version__, "preset": cfg.preset, "val_frac": opts.val_frac,
+        "test_frac": opts.test_frac,
     }
     # 64-bit content-hash prefixes of every training/validation file: eval's overlap guard compares with them
     train_hashes = sorted({e.sha256[:16] for e in train_e + val_e}) if len(train_e) + len(val_e) <= 500_000 else []

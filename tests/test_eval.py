@@ -137,6 +137,25 @@ def test_split_test_of_the_training_data_does_not_overlap(env):
     assert result.sets[0].name == "split:test"
 
 
+def test_split_test_follows_the_test_share_recorded_in_the_checkpoint(env):
+    from mfclip_cli.data.layouts import read_dataset
+    from mfclip_cli.evaluate import select_sets
+
+    records = read_dataset(env["train"])
+    opts = _opts(env, env["train"], split="test")
+    sizes = {}
+    for frac in (0.2, 0.5):
+        sets, notes = select_sets(opts, records, {"training": {"val_frac": 0.1, "test_frac": frac}})
+        sizes[frac] = len(sets["split:test"])
+        assert f"test {frac:g}" in notes[0]
+    assert 0 < sizes[0.2] < sizes[0.5] < len(records)
+    # an explicit --test-frac wins over the record; no record means train's default 0.2
+    sets, _ = select_sets(replace(opts, test_frac=0.5), records, {"training": {"test_frac": 0.2}})
+    assert len(sets["split:test"]) == sizes[0.5]
+    sets, _ = select_sets(opts, records, {})
+    assert len(sets["split:test"]) == sizes[0.2]
+
+
 def test_protocol_as_trained_evaluates_the_runs_test_set(env):
     result = run_eval(_opts(env, env["train"], protocol="in-domain", strict=True))
     assert [s.name for s in result.sets] == ["in-domain"] and result.overlap == 0
