@@ -100,17 +100,19 @@ def markdown(results: list[dict], args: argparse.Namespace, cmdline: str) -> str
          f"batch 24, Adam 1e-4, {args.epochs} epoch(s) of at most {args.steps} steps per run; only the flags "
          "differ. AUC of the held-out pair with its bootstrap 95% CI (200 stratified resamples)."),
         "",
-        "| variant | what | " + " | ".join(f"held out: {h}" for h in held) + " | mean AUC (± sd) | train img/s |",
-        "|---|---|" + "---|" * len(held) + "---|---|",
+        "| variant | what | " + " | ".join(f"held out: {h}" for h in held) + " | mean AUC (± sd) |",
+        "|---|---|" + "---|" * len(held) + "---|",
     ]
     for res in sorted(results, key=lambda r: -(r["mean_auc"] or 0)):
         cells = [_fmt_run(r) for r in res["runs"]]
-        speed = f"{res['train_images_per_s']:.1f}" if res["train_images_per_s"] else "–"
         lines.append(f"| `{res['variant']}` | {res['what']} | " + " | ".join(cells)
-                     + f" | **{res['mean_auc']:.3f}** ± {res['std_auc']:.3f} | {speed} |")
+                     + f" | **{res['mean_auc']:.3f}** ± {res['std_auc']:.3f} |")
     lines += ["", "Flags per variant (on top of the shared ones):", ""]
     lines += [f"- `{r['variant']}`: `{' '.join(r['flags'])}`" for r in results]
-    lines += ["", "Shared: `mfclip train " + " ".join(common_flags(args)) + " --out RUN`", ""]
+    lines += ["", "Shared: `mfclip train " + " ".join(common_flags(args)) + " --out RUN`", "",
+              "Training speed is not compared here (the machine was shared and some runs were paused for "
+              "other measurements); `benchmarks/train_step.py` measures it. Each run's images/s is in "
+              "benchmarks/results/ablation.json.", ""]
     return "\n".join(lines)
 
 
