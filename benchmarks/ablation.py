@@ -110,9 +110,9 @@ def markdown(results: list[dict], args: argparse.Namespace, cmdline: str) -> str
     lines += ["", "Flags per variant (on top of the shared ones):", ""]
     lines += [f"- `{r['variant']}`: `{' '.join(r['flags'])}`" for r in results]
     lines += ["", "Shared: `mfclip train " + " ".join(common_flags(args)) + " --out RUN`", "",
-              "Training speed is not compared here (the machine was shared and some runs were paused for "
+              ("Training speed is not compared here (the machine was shared and some runs were paused for "
               "other measurements); `benchmarks/train_step.py` measures it. Each run's images/s is in "
-              "benchmarks/results/ablation.json.", ""]
+              "benchmarks/results/ablation.json."), ""]
     return "\n".join(lines)
 
 
