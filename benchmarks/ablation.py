@@ -46,8 +46,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def common_flags(args: argparse.Namespace) -> list[str]:
-    return ["--data", str(args.data), "--protocol", "leave-source-out", "--preset", "effnet-lite0",
+def common_flags(args: argparse.Namespace, shown: bool = False) -> list[str]:
+    """The flags every variant shares; ``shown``: with the data path relative to the repository."""
+    data = os.path.relpath(args.data, ROOT) if shown else str(args.data)
+    return ["--data", data, "--protocol", "leave-source-out", "--preset", "effnet-lite0",
             "--crop-margin", "0", "--epochs", str(args.epochs), "--max-steps", str(args.steps),
             "--batch-size", "24", "--workers", str(args.workers), "--seed", str(args.seed), "--quiet"]
 
@@ -109,7 +111,7 @@ def markdown(results: list[dict], args: argparse.Namespace, cmdline: str) -> str
                      + f" | **{res['mean_auc']:.3f}** ± {res['std_auc']:.3f} |")
     lines += ["", "Flags per variant (on top of the shared ones):", ""]
     lines += [f"- `{r['variant']}`: `{' '.join(r['flags'])}`" for r in results]
-    lines += ["", "Shared: `mfclip train " + " ".join(common_flags(args)) + " --out RUN`", "",
+    lines += ["", "Shared: `mfclip train " + " ".join(common_flags(args, shown=True)) + " --out RUN`", "",
               ("Training speed is not compared here (the machine was shared and some runs were paused for "
               "other measurements); `benchmarks/train_step.py` measures it. Each run's images/s is in "
               "benchmarks/results/ablation.json."), ""]
