@@ -112,6 +112,11 @@ def markdown(results: list[dict], args: argparse.Namespace, cmdline: str) -> str
     lines += ["", "Flags per variant (on top of the shared ones):", ""]
     lines += [f"- `{r['variant']}`: `{' '.join(r['flags'])}`" for r in results]
     lines += ["", "Shared: `mfclip train " + " ".join(common_flags(args, shown=True)) + " --out RUN`", "",
+              ("SPA at this budget: `pair` and `matrix` both start from a zero-initialised gate (sigmoid(0) = 0.5 "
+               "on every image-text pair); 60 Adam steps of lr 1e-4 move each parameter by at most 6e-3, so the "
+               "gates stay within 0.5 +- 0.003 and the two train alike; `none` leaves the similarities unhalved, which acts like another temperature. "
+               "Telling the SPA variants apart needs longer runs."),
+              "",
               ("Training speed is not compared here (the machine was shared and some runs were paused for "
               "other measurements); `benchmarks/train_step.py` measures it. Each run's images/s is in "
               "benchmarks/results/ablation.json."), ""]
