@@ -10,7 +10,6 @@ beside the prepare workers). The main thread only orders results: they stay in i
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .cpus import usable_cpus
 from .errors import MediaError, MfclipError
 from .faces import crop_faces, make_detector
 from .faces.types import CropPolicy, Face
@@ -59,14 +59,6 @@ class ScanOptions:
             raise MfclipError("--video-top must be in (0, 1]")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise MfclipError("--threshold must be in [0, 1]")
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def resolved_workers(opts: ScanOptions) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mfclip_cli import paths
+from mfclip_cli.cpus import usable_cpus
 from mfclip_cli.errors import WeightsNotFound
 from mfclip_cli.faces.types import Face
 
@@ -25,11 +26,7 @@ _POST_NMS_TOP_K = 750
 
 def default_threads() -> int:
     """Intra-op threads: the CPUs this process may use, capped at 8 (more rarely helps this small net)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    return min(8, usable_cpus())
 
 
 def make_session(model_path: Path, providers: list[str] | None = None, threads: int | None = None):
