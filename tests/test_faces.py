@@ -101,6 +101,23 @@ def test_large_images_are_downscaled_and_mapped_back(retina, photos):
     assert np.allclose(np.array(big.box) / 2, small.box, atol=6)
 
 
+@pytest.mark.parametrize("factor", [1.37, 2.93, 5.87])
+def test_downscaled_detection_maps_landmarks_back_at_any_factor(retina, photos, factor):
+    """Halvings + bilinear (odd sides drop a row per halving): points still land on the face."""
+    image = photos[1]
+    h, w = image.shape[:2]
+    size = (round(w * factor) | 1, round(h * factor) | 1)  # odd sides
+    big = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+    seen, sx, sy = retina._prepare(big)
+    assert max(seen.shape[:2]) == retina.max_side
+    assert sx == pytest.approx(seen.shape[1] / size[0], rel=0.01) and sy == pytest.approx(seen.shape[0] / size[1], rel=0.01)
+    ref = retina.detect([image])[0][0]
+    got = retina.detect([big])[0][0]
+    pts = np.array(got.landmarks) / [size[0] / w, size[1] / h]
+    eyes = np.linalg.norm(np.subtract(ref.landmarks[0], ref.landmarks[1]))
+    assert np.abs(pts - np.array(ref.landmarks)).max() < 0.1 * eyes
+
+
 def test_detection_on_blank_image_is_empty(retina):
     assert retina.detect([np.full((128, 160, 3), 127, np.uint8)]) == [[]]
 

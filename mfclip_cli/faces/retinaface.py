@@ -161,20 +161,42 @@ class RetinaFaceDetector:
         return list(self._session.get_providers())
 
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """Mean-subtracted BGR float32 HxWx3 (resized) and the x/y scale from original to resized."""
+        """The RGB uint8 image the network sees (longer side at most ``max_side``) and the x/y scale from
+        original to that image's pixel pitch.
+
+        Downscaling halves with a 2x2 box filter (cv2's fast INTER_AREA path) while the image is at least
+        twice the target, then finishes with bilinear: anti-aliased like a one-step INTER_AREA resize, at a
+        tenth of its cost for the fractional factors big photos need (9-56 ms -> 1-8 ms on one core).
+        """
         import cv2
 
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
-        if scale < 1.0:
-            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-            image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
-        else:
-            nh, nw = h, w
-        blob = image[..., ::-1].astype(np.float32) - _MEAN_BGR
-        return blob, nw / w, nh / h
+        if scale == 1.0:
+            return image, 1.0, 1.0
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        pitch = 1  # original pixels per pixel of ``image`` after the halvings
+        while image.shape[1] >= 2 * nw and image.shape[0] >= 2 * nh:
+            ch, cw = image.shape[:2]
+            image = cv2.resize(image, (cw // 2, ch // 2), interpolation=cv2.INTER_AREA)
+            pitch *= 2
+        ch, cw = image.shape[:2]
+        if (cw, ch) != (nw, nh):
+            image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        # resized pixel u spans original [u, u + 1) * pitch * cw / nw (odd sides lose a row/column per halving)
+        return image, nw / (pitch * cw), nh / (pitch * ch)
+
+    @staticmethod
+    def _fill(x: np.ndarray, image: np.ndarray) -> None:
+        """Write RGB uint8 ``image`` into the top-left of ``x`` (3, H, W) float32 as mean-subtracted BGR planes."""
+        import cv2
+
+        h, w = image.shape[:2]
+        planes = cv2.split(image)  # contiguous R, G, B planes: the subtraction below then streams
+        for c, plane in enumerate(reversed(planes)):
+            np.subtract(plane, _MEAN_BGR[c], out=x[c, :h, :w], dtype=np.float32)
 
     def _plan_batches(self, shapes: list[tuple[int, int]]) -> list[list[int]]:
         """Group image indices (sorted by size) so that padding wastes little compute."""
@@ -199,10 +221,10 @@ class RetinaFaceDetector:
         for batch in self._plan_batches([p[0].shape[:2] for p in prepared]):
             hh = max(prepared[i][0].shape[0] for i in batch)
             ww = max(prepared[i][0].shape[1] for i in batch)
-            x = np.zeros((len(batch), 3, hh, ww), dtype=np.float32)
+            padded = any(prepared[i][0].shape[:2] != (hh, ww) for i in batch)
+            x = (np.zeros if padded else np.empty)((len(batch), 3, hh, ww), dtype=np.float32)
             for b, i in enumerate(batch):
-                blob = prepared[i][0]
-                x[b, :, : blob.shape[0], : blob.shape[1]] = blob.transpose(2, 0, 1)
+                self._fill(x[b], prepared[i][0])
             loc, conf, landms = self._session.run(None, {self._input_name: x})
             priors = prior_boxes(hh, ww)
             for b, i in enumerate(batch):
