@@ -282,3 +282,69 @@ def test_cuda_that_does_not_work_falls_back_on_auto_and_fails_on_cuda(exported, 
         OnnxBackend(exported.out_dir, device="cuda")
     with pytest.raises(MfclipError, match="unknown device"):
         OnnxBackend(exported.out_dir, device="tpu")
+
+
+# --- graph rewrites: constant TF-"same" padding folded into the convolutions ---------------------------
+
+
+class _SamePadNet(torch.nn.Module):
+    """timm Conv2dSame layers (stride 2 on even sides: asymmetric padding) and a reflect pad that must stay."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import Conv2dSame
+
+        torch.manual_seed(0)
+        self.a = Conv2dSame(3, 8, 3, stride=2)
+        self.b = Conv2dSame(8, 8, 5, stride=2, groups=8)
+        self.c = torch.nn.Conv2d(8, 4, 3)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        return self.c(torch.nn.functional.pad(y, (1, 1, 1, 1), mode="reflect"))
+
+
+def _op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_same_padding_is_made_constant_and_folded_into_convs(tmp_path):
+    from mfclip_cli.export import _export_graph, fold_pads_into_convs, static_same_padding
+
+    net = _SamePadNet().eval()
+    x = torch.randn(2, 3, 36, 44)
+    frozen = static_same_padding(net, (x,))
+    assert frozen is not net and isinstance(net.a, type(_SamePadNet().a))  # the original is untouched
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), net(x), atol=1e-6)
+    path = tmp_path / "net.onnx"
+    _export_graph(frozen, (x,), path, ["x"], ["y"], 17)
+    assert _op_counts(path)["Pad"] == 3  # two zero pads before convs + the reflect pad
+    assert fold_pads_into_convs(path) == 2
+    counts = _op_counts(path)
+    assert counts["Pad"] == 1 and counts["Conv"] == 3  # the reflect pad is not a conv's zero padding
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        xb = torch.randn(batch, 3, 36, 44)
+        with torch.no_grad():
+            want = net(xb).numpy()
+        got = sess.run(None, {"x": xb.numpy()})[0]
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() < 1e-5
+
+
+def test_shipped_effnet_export_has_no_runtime_padding():
+    """The shipped graph pads inside its convolutions: no Pad nodes, no Pad-driven layout reorders."""
+    from mfclip_cli.paths import default_checkpoint
+
+    graph = default_checkpoint().parent / "mfclip_default_onnx" / "image_encoder.onnx"
+    if not graph.is_file():
+        pytest.skip("no shipped ONNX export")
+    counts = _op_counts(graph)
+    assert counts.get("Pad", 0) == 0
+    assert counts["Conv"] >= 50
