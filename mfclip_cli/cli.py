@@ -81,7 +81,7 @@ def scan(
     backend: Annotated[str, typer.Option(help="auto (ONNX export beside the checkpoint on CPU, else torch) | torch | onnx")] = "auto",
     model_dir: Annotated[str | None, typer.Option("--model", help="Exported model folder (with --backend onnx).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Faces per classifier batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Faces gathered across files per classifier batch (on CPU it runs as single-threaded tasks of at most 8 faces, shared by the workers).")] = 32,
     workers: Annotated[int | None, typer.Option(help="Worker threads that decode, detect, crop and classify (default: one per CPU).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold on P(fake); default: the checkpoint's.")] = None,
     uncertain_band: Annotated[float, typer.Option(help="Scores within this distance of the threshold are 'uncertain'.")] = 0.0,

@@ -28,6 +28,7 @@ from .report import FaceResult, ItemResult, ModelInfo, ScanResult, utc_now, verd
 from .runtime import Backend, load_backend
 
 NO_FACE_POLICIES = ("skip", "full")
+CPU_TASK_FACES = 8  # most faces per classify task on CPU (see _classify_in_order)
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,11 @@ def _classify_in_order(items: list[InputItem], preparer: _Preparer, pool: Thread
     """Prepare tasks run ahead (bounded prefetch); faces are batched across files into classify tasks on the
     same pool; finished batches are reported in input order."""
     prefetch = max(4, workers * 4)
-    max_inflight = max(2, workers)  # classify batches submitted but not yet reported
+    # On CPU each classify task is single-threaded: small tasks (a batch of --batch-size faces split into
+    # several) let every worker share the work to the last face, and run no slower per face (ORT on
+    # effnet-lite0, one thread: 15.6 ms/face at 8, 17.1 at 32). A GPU gets the whole batch in one call.
+    task_faces = min(opts.batch_size, CPU_TASK_FACES) if backend.info.device == "cpu" else opts.batch_size
+    max_inflight = max(2, workers) * math.ceil(opts.batch_size / task_faces)  # tasks submitted, not reported
     prep_q: deque[Future[_Prepared]] = deque()
     batches: deque[tuple[list[_Prepared], list[_Prepared], Future[np.ndarray] | None]] = deque()
     it = iter(items)
@@ -280,10 +285,14 @@ def _classify_in_order(items: list[InputItem], preparer: _Preparer, pool: Thread
             for p in group:
                 yield _finish(p, scores.get(id(p), np.zeros(0)), threshold, opts)
 
+    exhausted = False  # every input has a prepare task: the scan's tail is queued
+
     def refill() -> None:
+        nonlocal exhausted
         while len(prep_q) < prefetch:
             nxt = next(it, None)
             if nxt is None:
+                exhausted = True
                 return
             prep_q.append(pool.submit(preparer, nxt))
 
@@ -300,9 +309,10 @@ def _classify_in_order(items: list[InputItem], preparer: _Preparer, pool: Thread
         idle = not prep_q or (not prep_q[0].done() and not any(f is not None and not f.done()
                                                                 for _, _, f in batches))
         if pending_faces >= opts.batch_size or idle:
-            # the last faces of a scan are split over the workers, so no core idles while one finishes them
-            submit_batch(parts=1 if prep_q else workers)
+            # Once the tail is queued, batches are split over the workers: a whole batch is one long
+            # single-threaded task, and a core would idle while another finishes it.
+            submit_batch(parts=max(workers if exhausted else 1, math.ceil(pending_faces / task_faces)))
         yield from report(max_inflight)
     if pending:
-        submit_batch(parts=workers)
+        submit_batch(parts=max(workers, math.ceil(pending_faces / task_faces)))
     yield from report(0)

@@ -399,3 +399,31 @@ def test_scores_and_order_do_not_depend_on_workers_or_batch_size(scan_checkpoint
         assert [s for s, _ in got] == statuses, key
         for (_, a), (_, b) in zip(base, got):
             assert (a is None and b is None) or abs(a - b) < 1e-5, key
+
+
+def test_cpu_classify_tasks_are_small_so_every_worker_shares_the_tail(scan_checkpoint, scan_astronaut, tmp_path):
+    """On CPU a --batch-size batch runs as tasks of at most CPU_TASK_FACES faces, every face exactly once."""
+    import threading
+
+    from mfclip_cli.scan import CPU_TASK_FACES, ScanOptions, run_scan, scan_backend
+
+    folder = tmp_path / "many"
+    for i in range(20):
+        write_jpeg(scan_astronaut if i % 2 else scan_astronaut[:, ::-1], folder / f"{i:02d}.jpg")
+    opts = ScanOptions(workers=2, batch_size=32, device="cpu")
+    backend = scan_backend(str(scan_checkpoint), opts)
+    assert backend.info.device == "cpu"
+    calls: list[tuple[int, int]] = []
+    predict = backend.predict
+
+    def logged(image, noise):
+        calls.append((len(image), threading.get_ident()))
+        return predict(image, noise)
+
+    backend.predict = logged
+    res = run_scan([str(folder)], str(scan_checkpoint), opts, backend=backend)
+    faces = sum(len(i.faces) for i in res.items)
+    assert [i.status for i in res.items] == ["ok"] * 20 and faces >= 20
+    assert sum(n for n, _ in calls) == faces
+    assert max(n for n, _ in calls) <= CPU_TASK_FACES < 32
+    assert len(calls) >= math.ceil(faces / CPU_TASK_FACES)
