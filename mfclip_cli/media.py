@@ -456,7 +456,7 @@ def _decode_stream(fh: BinaryIO, name: str, max_pixels: int) -> np.ndarray:
                 # in place: the copy exif_transpose makes otherwise, even of an upright image, cost a
                 # third of the decode time of a large JPEG
                 ImageOps.exif_transpose(im, in_place=True)
-            except Exception:  # noqa: BLE001 - a broken EXIF block should not cost the pixels
+            except Exception:  # noqa: BLE001, S110 - a broken EXIF block should not cost the pixels
                 pass  # keep the stored orientation
             try:
                 return _to_rgb_array(im)
