@@ -419,3 +419,14 @@ def test_standardize_resizes_shorter_side_and_reencodes(image: np.ndarray):
     assert out.shape == (96, 128, 3) and out.dtype == np.uint8
     with pytest.raises(ValueError, match="RGB uint8"):
         standardize(image.astype(np.float32))
+
+
+def test_crop_cache_namespace_follows_the_policy_and_the_crop_code_version(monkeypatch):
+    from mfclip_cli.data import crops
+    from mfclip_cli.faces.types import CropPolicy
+
+    base = crops.policy_key(CropPolicy())
+    assert base == crops.policy_key(CropPolicy()) and len(base) == 12
+    assert crops.policy_key(CropPolicy(margin=0.3)) != base
+    monkeypatch.setattr(crops, "CROP_CODE_VERSION", crops.CROP_CODE_VERSION + 1)
+    assert crops.policy_key(CropPolicy()) != base  # a crop-code change never reuses old crops

@@ -23,10 +23,15 @@ from ..fsutil import atomic_write_bytes, sha256_file
 from ..media import decode_image
 from .manifest import Record
 
+# Bumped when the crop code changes what a policy produces, so no cache mixes old and new framings.
+# 2: RetinaFace downscales images above its max side by halvings + bilinear (landmarks move < 1 %).
+CROP_CODE_VERSION = 2
+
 
 def policy_key(policy: CropPolicy) -> str:
-    """Short stable hash of a crop policy (cache namespace)."""
-    return hashlib.sha256(json.dumps(policy.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    """Short stable hash of a crop policy and the crop code's version (cache namespace)."""
+    key = {**policy.to_dict(), "crop_code_version": CROP_CODE_VERSION}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
