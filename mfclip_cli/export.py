@@ -479,7 +479,7 @@ def fold_pads_into_convs(path: Path) -> int:
     """Rewrite the ONNX graph at ``path`` so that every zero ``Pad`` of constant width feeding only a
     ``Conv`` becomes that Conv's own (possibly asymmetric) ``pads``; returns how many were folded.
 
-    onnxruntime (1.2x) does not do this itself, and a separate Pad costs its CPU convolutions two layout
+    onnxruntime (1.32) does not do this itself, and a separate Pad costs its CPU convolutions two layout
     reorders: folding them is what makes :func:`static_same_padding` pay off.
     """
     import onnx
@@ -495,6 +495,7 @@ def fold_pads_into_convs(path: Path) -> int:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    producer = {o: n for n in graph.node for o in n.output}
     graph_outputs = {o.name for o in graph.output}
     dropped = set()
     for pad in graph.node:
@@ -506,8 +507,9 @@ def fold_pads_into_convs(path: Path) -> int:
         conv = users[0]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pad.attribute}
         mode = attrs.get("mode", b"constant")
-        pads = _constant_input(model, pad.input[1], consts) if len(pad.input) > 1 else None
-        value = _constant_input(model, pad.input[2], consts) if len(pad.input) > 2 and pad.input[2] else np.zeros(1)
+        pads = _constant_input(model, producer, pad.input[1], consts) if len(pad.input) > 1 else None
+        value = (_constant_input(model, producer, pad.input[2], consts) if len(pad.input) > 2 and pad.input[2]
+                 else np.zeros(1))  # fmt: skip
         conv_attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
         if (mode != b"constant" or pads is None or pads.shape != (8,) or value is None or np.any(value != 0)
                 or len(pad.input) > 3 or pads[[0, 1, 4, 5]].any() or (pads < 0).any()
@@ -531,7 +533,7 @@ def fold_pads_into_convs(path: Path) -> int:
     return len(dropped)
 
 
-def _constant_input(model, name: str, consts: dict[str, np.ndarray]) -> np.ndarray | None:
+def _constant_input(model, producer: dict, name: str, consts: dict[str, np.ndarray]) -> np.ndarray | None:
     """The value of tensor ``name`` when it depends on constants only (torch traces F.pad's widths into
     a Constant -> Concat -> Reshape -> Slice -> ... -> Cast chain), evaluated with onnx's reference
     runtime; None when a graph input feeds it."""
@@ -541,7 +543,6 @@ def _constant_input(model, name: str, consts: dict[str, np.ndarray]) -> np.ndarr
     from onnx.reference import ReferenceEvaluator
 
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
     needed, stack = [], [name]
     seen: set[str] = set()
     while stack:
