@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cpus import usable_cpus
 from ..errors import MfclipError
 from ..faces.types import CropPolicy
 from ..model.preprocess import PreprocessConfig
@@ -41,11 +42,11 @@ log = logging.getLogger(__name__)
 
 def session_options(threads: int | None = None):
     """onnxruntime SessionOptions used for inference and for export's parity check: all graph
-    optimisations, ``threads`` (default: every CPU) intra-op threads."""
+    optimisations, ``threads`` (default: every CPU this process may use) intra-op threads."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    opts.intra_op_num_threads = int(threads or usable_cpus())
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: provider fall-back is reported by us, once
