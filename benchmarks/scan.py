@@ -140,22 +140,20 @@ def measure_stages(paths: list[Path], backend, batch: int, *, one_core: bool = F
     each scan task runs; else each library uses its default threads (the whole machine)."""
     import cv2
 
-    from mfclip_cli.faces import align_crop, detector_for_policy
-    from mfclip_cli.media import decode_image
-    from mfclip_cli.model.preprocess import prepare_batch
-
     cv2_threads = cv2.getNumThreads()
     if one_core:
         cv2.setNumThreads(1)
     try:
-        return _measure_stages(paths, backend, batch, one_core, decode_image, align_crop, detector_for_policy,
-                               prepare_batch)  # fmt: skip
+        return _measure_stages(paths, backend, batch, one_core)
     finally:
         cv2.setNumThreads(cv2_threads)
 
 
-def _measure_stages(paths, backend, batch, one_core, decode_image, align_crop, detector_for_policy,
-                    prepare_batch) -> dict:
+def _measure_stages(paths: list[Path], backend, batch: int, one_core: bool) -> dict:
+    from mfclip_cli.faces import align_crop, detector_for_policy
+    from mfclip_cli.media import decode_image
+    from mfclip_cli.model.preprocess import prepare_batch
+
     policy, pre = backend.info.crop, backend.info.preprocess
     detector = detector_for_policy(policy, **({"threads": 1} if one_core and policy.detector == "retinaface" else {}))
     warm = paths[:2]
