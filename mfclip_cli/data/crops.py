@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import MediaError
 from ..faces import crop_faces, detector_for_policy
-from ..faces.types import CropPolicy
+from ..faces.types import CropPolicy, Face
 from ..fsutil import atomic_write_bytes, sha256_file
 from ..media import decode_image
 from .manifest import Record
@@ -41,6 +41,9 @@ class CropEntry:
     record: Record
     crop_path: str
     sha256: str
+    # the face the crop was cut from, in the file's pixels (None when the cache predates geometry or the
+    # policy crops whole images): the parity pipeline re-cuts it from a resized, re-encoded copy of the file
+    face: Face | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class CropCache:
             return "noface", None
         return "miss", None
 
-    def store(self, sha: str, crop: np.ndarray | None) -> str | None:
+    def store(self, sha: str, crop: np.ndarray | None, face: Face | None = None) -> str | None:
         base = self._base(sha)
         if crop is None:
             atomic_write_bytes(base.with_suffix(".noface"), b"")
@@ -80,9 +83,21 @@ class CropCache:
         ok, buf = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise MediaError("encode_failed", "could not encode a crop as PNG")
+        if face is not None:  # geometry first: a PNG without its face file is re-cut when geometry is needed
+            atomic_write_bytes(base.with_suffix(".face.json"), json.dumps(face.to_dict()).encode())
         path = base.with_suffix(".png")
         atomic_write_bytes(path, buf.tobytes())
         return str(path)
+
+    def face(self, sha: str) -> Face | None:
+        """The face geometry stored with the crop of ``sha``, or None (older cache entry)."""
+        p = self._base(sha).with_suffix(".face.json")
+        if not p.is_file():
+            return None
+        d = json.loads(p.read_text())
+        lm = d.get("landmarks")
+        return Face(box=tuple(d["box"]), score=float(d["score"]),
+                    landmarks=None if lm is None else tuple((float(x), float(y)) for x, y in lm))
 
 
 def load_crop(path: str) -> np.ndarray:
@@ -94,22 +109,29 @@ def load_crop(path: str) -> np.ndarray:
 
 
 def prepare_crops(records: list[Record], policy: CropPolicy, cache: CropCache, workers: int = 2,
-                  on_done: Callable[[], None] | None = None) -> tuple[list[CropEntry], list[SkippedEntry]]:
-    """Crop (largest face) every record once; returns usable entries (input order) and skipped ones."""
+                  on_done: Callable[[], None] | None = None, geometry: bool = False
+                  ) -> tuple[list[CropEntry], list[SkippedEntry]]:
+    """Crop (largest face) every record once; returns usable entries (input order) and skipped ones.
+
+    ``geometry``: every entry also carries its face (re-detected for cache entries stored without one).
+    """
     detector = detector_for_policy(policy)
+    geometry = geometry and policy.detector != "none"
 
     def one(rec: Record) -> CropEntry | SkippedEntry:
         try:
             sha = sha256_file(rec.path)
             state, path = cache.lookup(sha)
-            if state == "miss":
+            face = cache.face(sha) if geometry and state == "hit" else None
+            if state == "miss" or (geometry and state == "hit" and face is None):
                 image = decode_image(rec.path)
                 pairs = crop_faces(image, detector, policy, max_faces=1)
-                path = cache.store(sha, pairs[0][1] if pairs else None)
+                face = pairs[0][0] if pairs else None
+                path = cache.store(sha, pairs[0][1] if pairs else None, face)
                 state = "hit" if path else "noface"
             if state == "noface":
                 return SkippedEntry(rec, "no_face", f"no face under the crop policy in {rec.path}")
-            return CropEntry(rec, path, sha)
+            return CropEntry(rec, path, sha, face)
         except MediaError as exc:
             return SkippedEntry(rec, exc.code, exc.message)
         except OSError as exc:
