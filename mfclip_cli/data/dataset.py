@@ -8,21 +8,54 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..faces.types import CropPolicy, Face
 from ..model.preprocess import PreprocessConfig, prepare_batch
 from .crops import CropEntry, load_crop
-from .transforms import TrainAugment, get_perturbation
+from .transforms import ParityChain, SelfBlend, TrainAugment, get_perturbation
+
+
+def recut_with_parity(path: str, face: Face, policy: CropPolicy, chain: ParityChain,
+                      rng: np.random.Generator) -> np.ndarray:
+    """The face crop of ``path`` cut again after the parity chain resized and re-encoded the whole file."""
+    from ..faces import align_crop
+    from ..media import decode_image
+
+    image = decode_image(path)
+    out, (sx, sy) = chain(image, max(face.width, face.height), rng)
+
+    def mapx(x: float) -> float:
+        return (x + 0.5) * sx - 0.5
+
+    def mapy(y: float) -> float:
+        return (y + 0.5) * sy - 0.5
+
+    x1, y1, x2, y2 = face.box
+    moved = Face(box=(mapx(x1), mapy(y1), mapx(x2), mapy(y2)), score=face.score,
+                 landmarks=None if face.landmarks is None else tuple((mapx(x), mapy(y)) for x, y in face.landmarks))
+    return align_crop(out, moved, policy)
 
 
 class CropDataset(Dataset):
-    """Items: (image (3,S,S), noise (3,S/g,S/g), y, index). Augmentation is seeded by (seed, epoch, index)."""
+    """Items: (image (3,S,S), noise (3,S/g,S/g), y, index). Augmentation is seeded by (seed, epoch, index).
+
+    With ``parity`` (a chain and the crop policy), an entry that carries its face geometry is cut again from
+    its file after the chain, every time it is read; entries without geometry use their cached crop.
+    """
 
     def __init__(self, entries: list[CropEntry], pre: PreprocessConfig, augment: TrainAugment | None = None,
-                 seed: int = 0, perturbation: str | Callable[[np.ndarray], np.ndarray] | None = None):
+                 seed: int = 0, perturbation: str | Callable[[np.ndarray], np.ndarray] | None = None,
+                 parity: tuple[ParityChain, CropPolicy] | None = None, fixed_epoch: int | None = None,
+                 blend: SelfBlend | None = None, blend_from: int | None = None):
         self.entries = entries
         self.pre = pre
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.parity = parity
+        self.fixed_epoch = fixed_epoch  # validation: the same draws every epoch
+        # entries from index ``blend_from`` on are self-blended pseudo-fakes made from real crops
+        self.blend = blend
+        self.blend_from = len(entries) if blend_from is None else blend_from
         # a name from transforms.PERTURBATIONS, or any RGB -> RGB callable (eval's --standardize pipeline)
         self.perturb = get_perturbation(perturbation) if isinstance(perturbation, str) else perturbation
 
@@ -34,13 +67,20 @@ class CropDataset(Dataset):
 
     def __getitem__(self, index: int):
         entry = self.entries[index]
-        crop = load_crop(entry.crop_path)
+        epoch = self.epoch if self.fixed_epoch is None else self.fixed_epoch
+        rng = np.random.default_rng([self.seed, epoch, index])
+        if self.parity is not None and entry.face is not None:
+            chain, policy = self.parity
+            crop = recut_with_parity(entry.record.path, entry.face, policy, chain, rng)
+        else:
+            crop = load_crop(entry.crop_path)
         if crop.shape[:2] != (self.pre.size, self.pre.size):
             import cv2
 
             crop = cv2.resize(crop, (self.pre.size, self.pre.size), interpolation=cv2.INTER_AREA)
+        if self.blend is not None and index >= self.blend_from:
+            crop = self.blend(crop, rng)
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
             crop = self.augment(crop, rng)
         if self.perturb is not None:
             crop = self.perturb(crop)

@@ -111,20 +111,141 @@ class TrainAugment:
         return out.copy() if out is img else out
 
 
-AUGMENTATIONS = ("default", "strong")
+AUGMENTATIONS = ("default", "strong", "light")
 
 
 def train_augment(name: str) -> TrainAugment:
-    """A named training augmentation. "strong" works against this pool's source confounds: JPEG quality
+    """A named training augmentation. "light": flip and some blur only (for use with the parity pipeline).
+    "strong" works against this pool's source confounds: JPEG quality
     (q~75 sources vs q~93-95 ones, lossless PNG fakes) and sharpness (300 px sources are upsampled into the
     crop, 512 px ones downsampled) are re-drawn for most images, so neither tells the classes apart."""
     if name == "default":
         return TrainAugment()
     if name == "strong":
         return TrainAugment(p_jpeg=0.9, jpeg=(50, 90), p_downup=0.6, downup=(0.35, 1.0), p_blur=0.3)
+    if name == "light":  # beside the parity pipeline, which already re-draws size and JPEG history
+        return TrainAugment(p_jpeg=0.0, p_downup=0.0, p_blur=0.2)
     from ..errors import MfclipError
 
     raise MfclipError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}")
+
+
+@dataclass(frozen=True)
+class ParityChain:
+    """One random resize -> JPEG history per training image, drawn alike for real and fake files.
+
+    Sources differ in how large their faces are in pixels and how their files were compressed, and a
+    model learns those differences instead of generation traces. Before its face is cut, every image is
+    either put through exactly the external suite's protocol (``p_suite``: resized to 256x256 with
+    INTER_AREA, JPEG q90) or resized so that its face box's longer side is a size drawn log-uniformly from
+    ``face_px`` (never enlarged: upsampling adds no detail) and, with ``p_jpeg``, JPEG re-encoded at a
+    quality drawn from ``jpeg``; before either, ``p_grey`` of the images lose their colour. Every call draws the same number of values whatever is applied.
+    """
+
+    p_suite: float = 0.25
+    suite_side: int = 256
+    suite_quality: int = 90
+    face_px: tuple[float, float] = (48.0, 256.0)
+    p_jpeg: float = 0.85
+    jpeg: tuple[int, int] = (60, 98)
+    # black-and-white photos are unevenly spread over the pool's sources; greying a share of every class
+    # leaves colour no say in the verdict
+    p_grey: float = 0.08
+
+    def __post_init__(self) -> None:
+        for name in ("p_suite", "p_jpeg", "p_grey"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        lo, hi = self.face_px
+        if not 8 <= lo <= hi:
+            raise ValueError(f"face_px range must satisfy 8 <= low <= high, got {self.face_px}")
+        lo, hi = self.jpeg
+        if not 1 <= lo <= hi <= 100:
+            raise ValueError(f"jpeg quality range must satisfy 1 <= low <= high <= 100, got {self.jpeg}")
+
+    def __call__(self, img: np.ndarray, face_side: float, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, tuple[float, float]]:
+        """(new image, (x scale, y scale)) for an RGB image whose face box's longer side is ``face_side`` px;
+        map the face's coordinates with the scales (pixel centres: ``(x + 0.5) * s - 0.5``)."""
+        img = _for_cv(img)
+        u = rng.random(3)
+        if u[2] < self.p_grey:
+            img = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+        target = float(np.exp(rng.uniform(np.log(self.face_px[0]), np.log(self.face_px[1]))))
+        quality = int(rng.integers(self.jpeg[0], self.jpeg[1] + 1))
+        h, w = img.shape[:2]
+        if u[0] < self.p_suite:
+            side = self.suite_side
+            out = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+            return jpeg_roundtrip(out, self.suite_quality), (side / w, side / h)
+        scale = min(1.0, target / max(face_side, 1.0))
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        out = img if new == (w, h) else cv2.resize(img, new, interpolation=cv2.INTER_AREA)
+        if u[1] < self.p_jpeg:
+            out = jpeg_roundtrip(out, quality)
+        return (out.copy() if out is img else out), (new[0] / w, new[1] / h)
+
+
+@dataclass(frozen=True)
+class SelfBlend:
+    """A self-blended pseudo-fake from a real face crop (after Shiohara & Yamasaki, CVPR 2022): the inner
+    face of a slightly altered copy (colour, sharpness, a small shift and scale) pasted back onto the crop
+    through a soft mask, leaving the seams and statistic mismatches a face swap or edit leaves.
+
+    ``landmarks`` are the five template points in the crop (eyes, nose, mouth corners), where alignment puts
+    every face. Every call draws the same number of values.
+    """
+
+    landmarks: tuple[tuple[float, float], ...]
+    hull_scale: tuple[float, float] = (1.3, 2.1)
+    shift: float = 0.03  # of the crop side
+    zoom: tuple[float, float] = (0.95, 1.05)
+    mask_sigma: tuple[float, float] = (2.0, 9.0)
+    alpha: tuple[float, float] = (0.5, 1.0)
+
+    def __call__(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        crop = _for_cv(crop)
+        size = crop.shape[0]
+        v = rng.random(12)
+        # the altered copy: colour gains and offset, blur or sharpen, a small similarity warp
+        gains = 1.0 + (v[0:3] - 0.5) * 0.16
+        offset = (v[3] - 0.5) * 20.0
+        src = np.clip(crop.astype(np.float32) * gains + offset, 0, 255)
+        sigma = 0.4 + 1.2 * v[4]
+        soft = cv2.GaussianBlur(src, (0, 0), sigma)
+        src = soft if v[5] < 0.5 else np.clip(src + (src - soft) * (0.5 + v[6]), 0, 255)
+        z = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * v[7]
+        dx, dy = (v[8] - 0.5) * 2 * self.shift * size, (v[9] - 0.5) * 2 * self.shift * size
+        m = cv2.getRotationMatrix2D((size / 2, size / 2), 0.0, z)
+        m[:, 2] += (dx, dy)
+        src = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        # the mask: the landmarks' convex hull grown about its centre, softened
+        pts = np.asarray(self.landmarks, np.float32)
+        centre = pts.mean(axis=0)
+        grow = self.hull_scale[0] + (self.hull_scale[1] - self.hull_scale[0]) * v[10]
+        pts = centre + (pts - centre) * np.array([grow, grow * 1.15], np.float32)
+        mask = np.zeros((size, size), np.float32)
+        cv2.fillConvexPoly(mask, cv2.convexHull(pts.astype(np.int32)), 1.0)
+        s_lo, s_hi = self.mask_sigma
+        mask = cv2.GaussianBlur(mask, (0, 0), s_lo + (s_hi - s_lo) * v[11])
+        mask *= rng.uniform(*self.alpha)
+        out = crop.astype(np.float32) * (1 - mask[..., None]) + src * mask[..., None]
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+PARITY_CHAINS = ("off", "on")
+
+
+def parity_chain(name: str) -> ParityChain | None:
+    """The named parity pipeline: "off" (crops as cut from the files) or "on" (:class:`ParityChain`)."""
+    if name == "off":
+        return None
+    if name == "on":
+        return ParityChain()
+    from ..errors import MfclipError
+
+    raise MfclipError(f"unknown parity pipeline {name!r}; valid: {', '.join(PARITY_CHAINS)}")
 
 
 def standardize(img: np.ndarray, size: int | None = 512, quality: int = 90) -> np.ndarray:
