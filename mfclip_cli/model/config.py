@@ -17,6 +17,7 @@ FUSIONS = ("sum", "concat")
 BRANCHES = ("both", "image", "noise")
 PROMPT_MODES = ("join", "average")
 SPA_VARIANTS = ("pair", "matrix", "none")
+RESIDUALS = ("srm", "npr")
 
 
 def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
@@ -38,6 +39,12 @@ class NoiseConfig:
     # residuals of natural images have std ~0.06; a gain of ~16 brings them to ~1 so that BatchNorm running
     # statistics (initialised at variance 1) are right after tens of steps, not hundreds. 1.0 = no gain.
     srm_gain: float = 1.0
+    # what the noise branch reads: "srm" (the fixed SRM bank, SPEC §3) or "npr" (neighbouring-pixel
+    # residuals x - up(down(x)) per RGB channel: the trace of 2x upsampling in generator decoders)
+    residual: str = "srm"
+
+    def __post_init__(self) -> None:
+        _check_choice("noise residual", self.residual, RESIDUALS)
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,8 @@ class ModelConfig:
         if "lora_rank" in clean:
             rank = clean.pop("lora_rank")
             clean["lora"] = None if rank <= 0 else LoraConfig(rank=rank, alpha=2 * rank)
+        if "noise_residual" in clean:
+            clean["noise"] = replace(self.noise, residual=clean.pop("noise_residual"))
         return replace(self, **clean)
 
 

@@ -46,6 +46,21 @@ class SRMFilter(nn.Module):
         return out * self.gain if self.gain != 1.0 else out
 
 
+class NPRFilter(nn.Module):
+    """Neighbouring-pixel residuals: x minus its 2x nearest-neighbour down- and up-sampled copy, per channel,
+    times ``gain`` (each 2x2 cell minus its top-left pixel)."""
+
+    def __init__(self, gain: float = 1.0):
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] - x.shape[-2] % 2, x.shape[-1] - x.shape[-1] % 2
+        x = x[..., :h, :w]
+        out = x - F.interpolate(x[..., ::2, ::2], scale_factor=2.0, mode="nearest")
+        return out * self.gain if self.gain != 1.0 else out
+
+
 def _vgg_stage(cin: int, cout: int, n: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(n):
@@ -83,7 +98,8 @@ class NoiseBranch(nn.Module):
 
     def __init__(self, cfg: NoiseConfig, patch_size: int, out_dim: int):
         super().__init__()
-        self.srm = SRMFilter(cfg.clip_value, cfg.srm_gain)
+        # the attribute keeps its name for either residual, so checkpoints of both kinds load alike
+        self.srm = SRMFilter(cfg.clip_value, cfg.srm_gain) if cfg.residual == "srm" else NPRFilter(cfg.srm_gain)
         c1, c2 = cfg.channels
         self.stages = nn.Sequential(_vgg_stage(3, c1, cfg.convs_per_stage), _vgg_stage(c1, c2, cfg.convs_per_stage))
         fmap = patch_size // 4
