@@ -172,6 +172,7 @@ def train(
     fusion: Annotated[str | None, typer.Option(help="sum | concat")] = None,
     prompt_levels: Annotated[str | None, typer.Option(help="Prompt levels used, e.g. 1,2,3,4")] = None,
     lora_rank: Annotated[int | None, typer.Option(help="LoRA rank on the CLIP towers (0 = off).")] = None,
+    noise_residual: Annotated[str | None, typer.Option(help="What the noise branch reads: srm (SRM bank) | npr (x - up(down(x)) residuals).")] = None,
     image_init: Annotated[str | None, typer.Option(help="Image tower start for timm presets: efficientnet-lite0 (ImageNet) | random.")] = None,
     freeze_image: Annotated[bool, typer.Option(help="Freeze the image tower.")] = False,
     freeze_text: Annotated[bool, typer.Option(help="Freeze the text tower.")] = False,
@@ -182,7 +183,11 @@ def train(
     accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
     max_steps: Annotated[int | None, typer.Option(help="At most this many optimizer steps per epoch (quick runs).")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the test sets' AUC 95% CI (0 = off).")] = 200,
-    augment: Annotated[str, typer.Option(help="Training augmentation: default | strong (re-draws JPEG quality and sharpness for most images).")] = "default",
+    augment: Annotated[str, typer.Option(help="Training augmentation: default | strong (re-draws JPEG quality and sharpness for most images) | light (flip, some blur; for --parity on).")] = "default",
+    parity: Annotated[str, typer.Option(help="off | on: every training image, real or fake, gets a resize -> JPEG history drawn from one distribution (incl. the external suite's 256² q90) before its face is cut.")] = "off",
+    balance: Annotated[str, typer.Option(help="Training sampler: none | sources (each class half the draws; sources weighted by the square root of their size).")] = "none",
+    target_fpr: Annotated[float | None, typer.Option("--target-fpr", help="Choose the threshold for this false-positive rate on the validation reals (default: EER).")] = None,
+    pseudo_fakes: Annotated[str, typer.Option(help="none | sbi: add self-blended copies of a quarter of the training reals as face-swap fakes.")] = "none",
     test_frac: Annotated[float, typer.Option(help="in-domain / cross-generator / cross-forgery: share of groups held out for test.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
@@ -205,6 +210,7 @@ def train(
             if not data or out is None:
                 raise MfclipError("train needs --data ROOT and --out RUN_DIR (or --resume RUN_DIR)")
             overrides = {"spa": spa, "branches": branches, "fusion": fusion, "lora_rank": lora_rank,
+                         "noise_residual": noise_residual,
                          "pretrained": clip_weights, "image_init": image_init,
                          "prompt_levels": tuple(int(x) for x in prompt_levels.split(",")) if prompt_levels else None}
             opts = TrainOptions(
@@ -214,7 +220,8 @@ def train(
                 epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, device=device,
                 workers=workers, accum=accum, crop=crop, crop_margin=crop_margin, max_steps=max_steps,
                 freeze_image=freeze_image, freeze_text=freeze_text, online=online, run=run, bootstrap=bootstrap,
-                augment=augment, test_frac=test_frac)
+                augment=augment, test_frac=test_frac, parity=parity, balance=balance, target_fpr=target_fpr,
+                pseudo_fakes=pseudo_fakes)
         from .train_view import TrainView
 
         with TrainView(quiet=quiet, console=Console(), err_console=err_console) as view:

@@ -29,7 +29,7 @@ from .data.dataset import CropDataset
 from .data.layouts import read_dataset
 from .data.manifest import manifest_sha256, write_manifest_csv
 from .data.protocols import ProtocolSplit, make_protocol, write_split_files
-from .data.transforms import train_augment
+from .data.transforms import parity_chain, train_augment
 from .errors import MfclipError
 from .evaluate import report_for_set, score_entries
 from .faces.types import CropPolicy
@@ -79,7 +79,11 @@ class TrainOptions:
     online: bool = False
     run: int | None = None  # multi-run protocols (leave-source-out): only this run (1-based)
     bootstrap: int = 200  # resamples for the test sets' AUC 95% CI (0 = off)
-    augment: str = "default"  # training augmentation: default | strong (data.transforms.train_augment)
+    augment: str = "default"  # training augmentation: default | strong | light (data.transforms.train_augment)
+    parity: str = "off"  # resize -> JPEG history re-drawn per image before cropping: off | on (transforms)
+    balance: str = "none"  # training sampler: none (shuffle) | sources (classes halved, sources tempered)
+    target_fpr: float | None = None  # threshold: this false-positive rate on validation reals (None: EER)
+    pseudo_fakes: str = "none"  # none | sbi: self-blended copies of a quarter of the training reals, as fakes
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -166,6 +170,39 @@ def resolve_splits(opts: TrainOptions) -> list[ProtocolSplit]:
     elif opts.protocol == "leave-source-out":
         kw.update(val=opts.val_frac)
     return make_protocol(opts.protocol, records, **kw)
+
+
+BALANCES = ("none", "sources")
+PSEUDO_FAKES = ("none", "sbi")
+SBI_SHARE = 0.25  # self-blended pseudo-fakes per training real
+
+
+def self_blended_entries(reals: list[CropEntry], seed: int) -> list[CropEntry]:
+    """Copies of a seeded ``SBI_SHARE`` of the real entries relabelled as self-blended face-swap fakes."""
+    from dataclasses import replace
+
+    from .data.taxonomy import Label
+
+    label = Label.fake("face_swap", "unknown", "self-blended")
+    rng = np.random.default_rng([seed, 7])
+    pick = sorted(rng.choice(len(reals), size=round(SBI_SHARE * len(reals)), replace=False).tolist())
+    return [replace(reals[i], record=replace(reals[i].record, label=label, source="self_blended",
+                                             group=f"sbi:{reals[i].record.group}")) for i in pick]
+
+
+def source_balanced_weights(entries: list[CropEntry]) -> np.ndarray:
+    """Sampling weights that give each class half of the draws and, within a class, each source a share
+    growing with the square root of its size (tempered: a 22-image source is not repeated 30 times)."""
+    keys = [(e.record.y, e.record.source) for e in entries]
+    n_source: dict[tuple[int, str], int] = {}
+    for k in keys:
+        n_source[k] = n_source.get(k, 0) + 1
+    raw = np.array([1.0 / math.sqrt(n_source[k]) for k in keys])
+    for y in (0, 1):
+        cls = np.array([k[0] == y for k in keys])
+        if cls.any():
+            raw[cls] *= 0.5 / raw[cls].sum()
+    return raw / raw.sum()
 
 
 def pick_device(name: str) -> str:
@@ -318,8 +355,9 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
     cache = CropCache(cache_dir() / "crops", policy)
     all_records = split.train + split.val + [r for recs in split.tests.values() for r in recs]
     callback("crops_start", {"total": len(all_records)})
+    chain = parity_chain(opts.parity)
     entries, skipped = prepare_crops(all_records, policy, cache, workers=opts.workers,
-                                     on_done=lambda: callback("crop_done", {}))
+                                     on_done=lambda: callback("crop_done", {}), geometry=chain is not None)
     by_path = {e.record.path: e for e in entries}
     train_e = [by_path[r.path] for r in split.train if r.path in by_path]
     val_e = [by_path[r.path] for r in split.val if r.path in by_path]
@@ -358,26 +396,45 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         history = _read_metrics(run_dir / "metrics.jsonl")[:start_epoch]
         callback("resumed", {"epoch": start_epoch})
 
-    train_ds = CropDataset(train_e, cfg.preprocess, augment=train_augment(opts.augment), seed=opts.seed)
+    parity = None if chain is None else (chain, policy)
+    blend, blend_from = None, None
+    if opts.pseudo_fakes == "sbi":
+        from .data.transforms import SelfBlend
+        from .faces import template_in_crop
+
+        blend_from = len(train_e)
+        train_e = train_e + self_blended_entries([e for e in train_e if e.record.y == 0], opts.seed)
+        blend = SelfBlend(tuple(map(tuple, template_in_crop(policy).tolist())))
+    train_ds = CropDataset(train_e, cfg.preprocess, augment=train_augment(opts.augment), seed=opts.seed,
+                           parity=parity, blend=blend, blend_from=blend_from)
     sampler = None
-    if distributed:
+    gen = torch.Generator()
+    if opts.balance == "sources" and not distributed:
+        from torch.utils.data import WeightedRandomSampler
+
+        sampler = WeightedRandomSampler(source_balanced_weights(train_e).tolist(), num_samples=len(train_e),
+                                        replacement=True, generator=gen)
+    elif distributed:
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(train_ds, shuffle=True, seed=opts.seed, drop_last=cfg.spa == "matrix")
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     per_rank = len(sampler) if sampler is not None else len(train_ds)  # a rank's loader sees only its shard
     drop_last = cfg.spa == "matrix" or per_rank > opts.batch_size
-    gen = torch.Generator()
     loader = DataLoader(train_ds, batch_size=opts.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=opts.workers, drop_last=drop_last, generator=gen,
                         persistent_workers=False, pin_memory=device.startswith("cuda"))
-    val_loader = DataLoader(CropDataset(val_e, cfg.preprocess), batch_size=opts.batch_size,
+    # validation sees the training distribution (the parity chain with draws fixed across epochs)
+    val_loader = DataLoader(CropDataset(val_e, cfg.preprocess, seed=opts.seed, parity=parity, fixed_epoch=10**6),
+                            batch_size=opts.batch_size,
                             num_workers=opts.workers, drop_last=cfg.spa == "matrix" and len(val_e) >= opts.batch_size)
     training = {
         "protocol": opts.protocol, "split": split.name, "data": str(opts.data),
         "manifest_sha256": manifest_sha256(split.train + split.val), "seed": opts.seed,
         "package_version": __version__, "preset": cfg.preset, "val_frac": opts.val_frac,
-        "test_frac": opts.test_frac,
+        "test_frac": opts.test_frac, "augment": opts.augment, "parity": opts.parity, "balance": opts.balance,
+        "pseudo_fakes": opts.pseudo_fakes,
+        "steps_per_epoch": opts.max_steps, "image_init": cfg.image_init, "freeze_image": opts.freeze_image,
     }
     # 64-bit content-hash prefixes of every training/validation file: eval's overlap guard compares with them
     train_hashes = sorted({e.sha256[:16] for e in train_e + val_e}) if len(train_e) + len(val_e) <= 500_000 else []
@@ -387,7 +444,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         t0 = time.monotonic()
         train_ds.set_epoch(epoch)
         gen.manual_seed(opts.seed * 1000 + epoch)
-        if sampler is not None:
+        if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         sums = {"loss": 0.0, "contrastive_loss": 0.0, "kl_loss": 0.0, "ce_loss": 0.0}
         seen, steps = 0, 0
@@ -434,7 +491,10 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         core = _unwrap(model)
         val_loss, val_scores, val_labels = _validate(core, loss_fn, val_loader, val_e, device)
         _set_train_mode(core, opts)
-        thr, thr_info = choose_threshold(val_scores, val_labels, "eer")
+        if opts.target_fpr is None:
+            thr, thr_info = choose_threshold(val_scores, val_labels, "eer")
+        else:
+            thr, thr_info = choose_threshold(val_scores, val_labels, "target_fpr", opts.target_fpr)
         m = binary_metrics(val_scores, val_labels, thr)
         log = EpochLog(epoch=epoch, train_loss=sums["loss"] / max(seen, 1),
                        contrastive_loss=sums["contrastive_loss"] / max(seen, 1),
@@ -446,7 +506,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         improved = val_loss < best_loss
         if improved:
             best_loss, best_epoch, bad_epochs, threshold = val_loss, epoch, 0, thr
-            meta = {"threshold": {"value": thr, "method": "eer on validation", **_jsonable(thr_info)},
+            meta = {"threshold": {"value": thr, "method": "on validation", **_jsonable(thr_info)},
                     "preprocess": {**cfg.preprocess.to_dict(), "crop": policy.to_dict()},
                     "taxonomy": {"generators": sorted({e.record.generator for e in train_e})},
                     "training": {**training, "best_epoch": epoch, "val": m.to_dict(), "val_loss": val_loss,
@@ -536,7 +596,14 @@ def _plot_curves(history: list[dict[str, Any]], run_dir: Path) -> None:
 def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback = _noop,
                  kill_after_epoch: int | None = None) -> list[TrainResult]:
     """Train every run of the protocol (one for most; one per held-out pair for leave-source-out)."""
-    train_augment(opts.augment)  # an unknown name fails before anything is written
+    train_augment(opts.augment)  # unknown names fail before anything is written
+    parity_chain(opts.parity)
+    if opts.pseudo_fakes not in PSEUDO_FAKES:
+        raise MfclipError(f"unknown --pseudo-fakes {opts.pseudo_fakes!r}; valid: {', '.join(PSEUDO_FAKES)}")
+    if opts.balance not in BALANCES:
+        raise MfclipError(f"unknown --balance {opts.balance!r}; valid: {', '.join(BALANCES)}")
+    if opts.target_fpr is not None and not 0.0 < opts.target_fpr < 1.0:
+        raise MfclipError(f"--target-fpr must be between 0 and 1, got {opts.target_fpr}")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     if not resume and _rank() == 0:  # under torchrun rank 0 alone writes; the others would see its file

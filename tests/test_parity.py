@@ -1,0 +1,196 @@
+"""Training against source cues (issue 14): the parity pipeline, source-balanced sampling, self-blended
+pseudo-fakes, NPR residuals and a threshold chosen for a false-positive rate."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mfclip_cli.data.crops import CropCache, CropEntry, prepare_crops
+from mfclip_cli.data.dataset import CropDataset, recut_with_parity
+from mfclip_cli.data.layouts import read_dataset
+from mfclip_cli.data.manifest import Record
+from mfclip_cli.data.taxonomy import Label
+from mfclip_cli.data.transforms import ParityChain, SelfBlend, parity_chain
+from mfclip_cli.errors import MfclipError
+from mfclip_cli.faces import template_in_crop
+from mfclip_cli.faces.types import CropPolicy
+from mfclip_cli.model import build_model, load_preset, read_checkpoint_meta
+from mfclip_cli.model.noise import NPRFilter
+from mfclip_cli.train import TrainOptions, run_training, self_blended_entries, source_balanced_weights
+
+POLICY = CropPolicy(detector="retinaface", size=224, margin=0.0)
+
+
+def _entry(y: int, source: str, i: int) -> CropEntry:
+    label = Label.fake("entire_synthesis", "gan", "stylegan2") if y else Label.real()
+    return CropEntry(Record(f"/x/{source}/{i}.jpg", label, source, f"{source}/{i}"), f"/c/{source}{i}.png", f"{i:064x}")
+
+
+# --- the parity chain ------------------------------------------------------------------------------------
+def test_parity_chain_never_enlarges_and_reports_its_scales():
+    img = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    chain = ParityChain(p_suite=0.0, p_grey=0.0)
+    for k in range(20):
+        out, (sx, sy) = chain(img, face_side=200.0, rng=np.random.default_rng(k))
+        assert out.shape[0] <= 300 and out.shape[1] <= 400
+        assert sx == pytest.approx(out.shape[1] / 400) and sy == pytest.approx(out.shape[0] / 300)
+    # a face already smaller than any target size is never upscaled
+    out, scales = chain(img, face_side=20.0, rng=np.random.default_rng(1))
+    assert out.shape == img.shape and scales == (1.0, 1.0)
+
+
+def test_parity_chain_suite_branch_is_the_suites_256_q90_protocol():
+    img = np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    out, (sx, sy) = ParityChain(p_suite=1.0, p_grey=0.0)(img, 150.0, np.random.default_rng(0))
+    assert out.shape == (256, 256, 3) and (sx, sy) == (256 / 500, 256 / 300)
+
+
+def test_parity_chain_draws_the_same_for_the_same_generator_state():
+    img = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    a, _ = ParityChain()(img, 120.0, np.random.default_rng(5))
+    b, _ = ParityChain()(img, 120.0, np.random.default_rng(5))
+    assert np.array_equal(a, b)
+
+
+def test_parity_chain_names():
+    assert parity_chain("off") is None and isinstance(parity_chain("on"), ParityChain)
+    with pytest.raises(MfclipError, match="valid: off, on"):
+        parity_chain("maybe")
+
+
+def test_recut_keeps_the_framing_of_the_cached_crop(face_paths, tmp_path):
+    """The face geometry travels with the crop: an identity chain re-cuts the cached crop exactly, and a
+    halving chain re-cuts the same framing at lower resolution."""
+    path = face_paths["real/london_faceset"][0]
+    rec = Record(str(path), Label.real(), "london_faceset", "g")
+    [entry], skipped = prepare_crops([rec], POLICY, CropCache(tmp_path, POLICY), workers=1, geometry=True)
+    assert not skipped and entry.face is not None and entry.face.landmarks is not None
+    import cv2
+
+    cached = cv2.cvtColor(cv2.imread(entry.crop_path), cv2.COLOR_BGR2RGB)
+    identity = ParityChain(p_suite=0.0, p_jpeg=0.0, p_grey=0.0, face_px=(4096.0, 4096.0))
+    same = recut_with_parity(str(path), entry.face, POLICY, identity, np.random.default_rng(0))
+    assert np.array_equal(same, cached)
+    face_side = max(entry.face.width, entry.face.height)
+    half = ParityChain(p_suite=0.0, p_jpeg=0.0, p_grey=0.0, face_px=(face_side / 2, face_side / 2))
+    small = recut_with_parity(str(path), entry.face, POLICY, half, np.random.default_rng(0))
+    blur = (lambda x: cv2.GaussianBlur(x.astype(np.float32), (0, 0), 3.0))
+    corr = np.corrcoef(blur(small).ravel(), blur(cached).ravel())[0, 1]
+    assert corr > 0.97
+
+
+def test_geometry_is_added_to_cache_entries_stored_without_it(face_paths, tmp_path):
+    path = face_paths["real/london_faceset"][1]
+    rec = Record(str(path), Label.real(), "london_faceset", "g")
+    cache = CropCache(tmp_path, POLICY)
+    prepare_crops([rec], POLICY, cache, workers=1)
+    for f in Path(cache.root).rglob("*.face.json"):
+        f.unlink()  # a cache written before geometry was stored
+    [plain], _ = prepare_crops([rec], POLICY, cache, workers=1)
+    [with_geo], _ = prepare_crops([rec], POLICY, cache, workers=1, geometry=True)
+    assert plain.face is None and with_geo.face is not None
+
+
+# --- sampling and pseudo-fakes ---------------------------------------------------------------------------
+def test_source_balanced_weights_halve_the_classes_and_temper_source_sizes():
+    entries = ([_entry(0, "big", i) for i in range(400)] + [_entry(0, "small", i) for i in range(100)]
+               + [_entry(1, "gan", i) for i in range(50)])
+    w = source_balanced_weights(entries)
+    y = np.array([e.record.y for e in entries])
+    assert w.sum() == pytest.approx(1.0)
+    assert w[y == 0].sum() == pytest.approx(0.5) and w[y == 1].sum() == pytest.approx(0.5)
+    big, small = w[:400].sum(), w[400:500].sum()
+    assert big / small == pytest.approx(2.0)  # 4x the images, sqrt(4) = 2x the draws
+
+
+def test_self_blended_entries_are_fake_copies_of_a_quarter_of_the_reals():
+    reals = [_entry(0, "src", i) for i in range(40)]
+    sbi = self_blended_entries(reals, seed=0)
+    assert len(sbi) == 10
+    assert all(e.record.y == 1 and e.record.label.kind == "face_swap" for e in sbi)
+    assert {e.crop_path for e in sbi} <= {e.crop_path for e in reals}
+    assert self_blended_entries(reals, seed=0) == sbi
+
+
+def test_self_blend_changes_the_inner_face_and_leaves_the_corners(read_crop, face_paths):
+    crop = read_crop(face_paths["real/london_faceset"][2])
+    blend = SelfBlend(tuple(map(tuple, template_in_crop(POLICY).tolist())))
+    out = blend(crop, np.random.default_rng(3))
+    assert out.shape == crop.shape and out.dtype == np.uint8
+    diff = np.abs(out.astype(int) - crop.astype(int)).sum(axis=2)
+    assert diff[100:130, 95:130].mean() > 2.0  # between the eyes and the mouth
+    assert diff[:12, :12].max() == 0 and diff[-12:, -12:].max() == 0
+    assert np.array_equal(out, blend(crop, np.random.default_rng(3)))
+
+
+def test_dataset_blends_only_the_entries_from_blend_from(read_crop, face_paths, tmp_path):
+    import cv2
+
+    from mfclip_cli.model.preprocess import PreprocessConfig
+
+    crop = read_crop(face_paths["real/london_faceset"][3])
+    png = tmp_path / "c.png"
+    cv2.imwrite(str(png), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    e = CropEntry(Record("/x.jpg", Label.real(), "s", "g"), str(png), "0" * 64)
+    blend = SelfBlend(tuple(map(tuple, template_in_crop(POLICY).tolist())))
+    ds = CropDataset([e, e], PreprocessConfig(), blend=blend, blend_from=1)
+    plain, blended = ds[0][0], ds[1][0]
+    assert not torch.equal(plain, blended)
+    assert torch.equal(plain, CropDataset([e], PreprocessConfig())[0][0])
+
+
+# --- NPR residuals ---------------------------------------------------------------------------------------
+def test_npr_is_zero_on_a_nearest_upsampled_image_and_not_elsewhere():
+    small = torch.rand(2, 3, 28, 28)
+    up = torch.nn.functional.interpolate(small, scale_factor=2.0, mode="nearest")
+    assert NPRFilter()(up).abs().max() == 0
+    assert NPRFilter()(torch.rand(2, 3, 56, 56)).abs().mean() > 0.1
+
+
+def test_noise_residual_option_builds_an_npr_branch_of_the_same_shape():
+    base = load_preset("tiny")
+    npr = build_model(base.with_overrides(noise_residual="npr"), seed=0).eval()
+    srm = build_model(base, seed=0).eval()
+    assert isinstance(npr.noise.srm, NPRFilter)
+    x = torch.rand(2, 3, base.preprocess.patch_size, base.preprocess.patch_size)
+    assert npr.noise(x).shape == srm.noise(x).shape
+    with pytest.raises(MfclipError, match="noise residual"):
+        base.with_overrides(noise_residual="dct")
+
+
+# --- training with all of it -----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths, tmp_path, train_cache):
+    data = tmp_path / "data"
+    for folder, n in (("real/london_faceset", 6), ("real/utkface", 6),
+                      ("fake/entire_synthesis/stylegan2_tpdne", 6), ("fake/entire_synthesis/sdxl_realvisxl", 6)):
+        dst = data / folder
+        dst.mkdir(parents=True)
+        for p in face_paths[folder][:n]:
+            shutil.copy(p, dst / p.name)
+    opts = TrainOptions(
+        data=str(data), out=str(tmp_path / "run"), preset="tiny", device="cpu", workers=0, epochs=1,
+        batch_size=8, val_frac=0.3, test_frac=0.2, parity="on", balance="sources", pseudo_fakes="sbi",
+        target_fpr=0.25, augment="light", bootstrap=0)
+    [result] = run_training(opts)
+    meta = read_checkpoint_meta(result.best_checkpoint)
+    training = meta["training"]
+    assert (training["parity"], training["balance"], training["pseudo_fakes"]) == ("on", "sources", "sbi")
+    assert meta["threshold"]["method"] == "target_fpr" and meta["threshold"]["target_fpr"] == 0.25
+    assert meta["threshold"]["fpr"] <= 0.25
+    assert "self-blended" in meta["taxonomy"]["generators"]
+    records = read_dataset(str(data), "auto")
+    assert len(records) == 24
+
+
+def test_unknown_training_choices_fail_before_anything_is_written(tmp_path):
+    for bad in ({"parity": "x"}, {"balance": "x"}, {"pseudo_fakes": "x"}, {"target_fpr": 1.5}):
+        opts = TrainOptions(data=str(tmp_path), out=str(tmp_path / "run"), **bad)
+        with pytest.raises(MfclipError):
+            run_training(opts)
+        assert not (tmp_path / "run" / "config.json").exists()
