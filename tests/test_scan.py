@@ -138,15 +138,16 @@ def test_readme_command_on_examples(scan_checkpoint, tmp_path):
         env={**os.environ, "COLUMNS": "160"},
     )  # fmt: skip
     assert proc.returncode in (0, 1), proc.stderr
-    for name in ("astronaut.jpg", "astronaut_grey.png", "cat.jpg", "astronaut_pan.mp4"):
+    for name in ("astronaut.jpg", "astronaut_grey.png", "cat.jpg", "astronaut_pan.mp4", "sd15_generated_man.jpg",
+                 "london_real_001_03.jpg"):
         assert name in proc.stdout  # the human table
     assert not proc.stdout.lstrip().startswith("{")  # no JSON mixed into the table output
     report = json.loads(report_path.read_text("utf-8"))
     validate_report(report)
     assert proc.returncode == exit_code_for(report["summary"])
     s = report["summary"]
-    assert (s["items"], s["images"], s["videos"], s["no_face"], s["errors"]) == (4, 3, 1, 1, 0)
-    assert s["fake"] + s["real"] + s["uncertain"] == 3
+    assert (s["items"], s["images"], s["videos"], s["no_face"], s["errors"]) == (6, 5, 1, 1, 0)
+    assert s["fake"] + s["real"] + s["uncertain"] == 5
     items = by_name(report)
     assert items["astronaut.jpg"]["status"] == items["astronaut_grey.png"]["status"] == "ok"
     assert len(items["astronaut.jpg"]["faces"]) == 1
@@ -292,7 +293,8 @@ def test_csv_jsonl_and_json_on_stdout(scan_checkpoint, tmp_path):
 
 def test_shards_cover_every_item_exactly_once(scan_checkpoint, tmp_path):
     missing = tmp_path / "missing.jpg"  # an input error belongs to one shard too
-    full = {EXAMPLES / n for n in ("astronaut.jpg", "astronaut_grey.png", "cat.jpg", "astronaut_pan.mp4")}
+    full = {EXAMPLES / n for n in ("astronaut.jpg", "astronaut_grey.png", "cat.jpg", "astronaut_pan.mp4",
+                                   "sd15_generated_man.jpg", "london_real_001_03.jpg")}
     seen: list[str] = []
     for k in (1, 2):
         report, _ = scan_json(tmp_path, EXAMPLES, missing, "--weights", scan_checkpoint, "--fps", "0.5",
