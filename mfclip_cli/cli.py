@@ -236,7 +236,8 @@ def train(
 @app.command("eval")
 def eval_cmd(
     checkpoint: Annotated[str, typer.Argument(help="MFCLIP checkpoint (.safetensors).")],
-    data: Annotated[str, typer.Option("--data", help="Dataset root or CSV manifest.")],
+    data: Annotated[str | None, typer.Option("--data", help="Dataset root or CSV manifest.")] = None,
+    suite: Annotated[str | None, typer.Option("--suite", help="Folder whose every sub-folder is a dataset root: one table row per set, then mean AUC, min AUC and worst real-ACC.")] = None,
     layout: Annotated[str, typer.Option(help="auto | generic | genface | diff | csv")] = "auto",
     split: Annotated[str | None, typer.Option(help="Evaluate only this split (train | val | test) of the data.")] = None,
     protocol: Annotated[str | None, typer.Option(help="Evaluate the test sets of a protocol (as in train).")] = None,
@@ -260,6 +261,23 @@ def eval_cmd(
     """AUC, AP, EER and ACC per generator, kind and family (+ robustness, calibration, plots)."""
     from .evaluate import EvalOptions, render_eval, run_eval
 
+    if (data is None) == (suite is None):
+        _fail(MfclipError("pass either --data ROOT (one dataset) or --suite DIR (every sub-folder a dataset), "
+                          "not both" if data is not None else "pass --data ROOT or --suite DIR"))
+    if suite is not None:
+        not_with_suite = {"--layout": layout != "auto", "--split": split is not None, "--protocol": protocol is not None,
+                          "--test-generators": test_generators is not None, "--test-frac": test_frac is not None,
+                          "--standardize": standardize, "--calibrate": calibrate is not None,
+                          "--target-fpr": target_fpr is not None, "--calibrated-out": calibrated_out is not None,
+                          "--strict": strict}
+        given = [name for name, used in not_with_suite.items() if used]
+        if given:
+            _fail(MfclipError(f"{', '.join(given)} do(es) not apply with --suite (each set is read with layout auto "
+                              f"and scored whole); use --data ROOT for that"))
+        _eval_suite(checkpoint, suite, bootstrap=bootstrap, seed=seed, batch_size=batch_size, workers=workers,
+                    device=device, robustness=robustness, json_out=json_out, plots=plots, quiet=quiet)
+        return
+    assert data is not None
     try:
         opts = EvalOptions(
             checkpoint=checkpoint, data=data, layout=layout, split=split, protocol=protocol,
@@ -273,6 +291,42 @@ def eval_cmd(
         _fail(exc)
     if not quiet:
         render_eval(result, Console())
+
+
+def _eval_suite(checkpoint: str, suite: str, *, bootstrap: int, seed: int, batch_size: int, workers: int,
+                device: str, robustness: bool, json_out: Path | None, plots: Path | None, quiet: bool) -> None:
+    """`eval --suite`: run the suite, write JSON and plots, render; exit 2 when no set could be scored."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .evaluate import SuiteEvent, render_suite, run_suite, write_suite_plots
+    from .fsutil import atomic_write_json
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err_console, disable=quiet or not err_console.is_terminal, transient=True)
+    task = progress.add_task("suite", total=None)
+
+    def on_event(ev: SuiteEvent) -> None:
+        if ev.stage in ("set", "set_done"):
+            progress.update(task, description=ev.set_name, completed=0, total=None)
+        else:
+            progress.update(task, description=f"{ev.set_name} · {ev.stage}", completed=ev.done, total=ev.total)
+
+    try:
+        with progress:
+            result = run_suite(checkpoint, suite, bootstrap=bootstrap, seed=seed, batch_size=batch_size,
+                               device=device, workers=workers, robustness=robustness, on_event=on_event)
+        written, plot_warnings = write_suite_plots(result, plots) if plots else ([], [])
+        if json_out is not None:
+            atomic_write_json(json_out, {**result.to_dict(), "plots": written})
+    except MfclipError as exc:
+        _fail(exc)
+    if not quiet:
+        for w in plot_warnings:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        render_suite(result, Console(), plots=written)
+    if result.summary.n_sets_scored == 0:
+        _fail(MfclipError(f"no set of {suite} could be scored: "
+                          + "; ".join(f"{s.name}: {s.error}" for s in result.sets)))
 
 
 @app.command()

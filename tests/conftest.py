@@ -10,6 +10,8 @@ import pytest
 
 # --- model-core fixtures (test_model.py, test_checkpoint.py, test_preprocess.py) -----------------------
 FACES_DIR = Path(os.environ.get("MFCLIP_SHARED_FACES") or Path(__file__).resolve().parents[2] / "shared" / "data" / "faces")
+# the external benchmark sets (generic trees from sources absent from FACES_DIR), beside it by default
+EXTERNAL_DIR = Path(os.environ.get("MFCLIP_SHARED_EXTERNAL") or FACES_DIR.parent / "external")
 
 
 def _read_crop(path: Path, size: int = 224) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import EXTERNAL_DIR, FACES_DIR
 
 from mfclip_cli.data.layouts import detect_layout, read_dataset, read_diff, read_generic, read_genface
 from mfclip_cli.data.manifest import Record, manifest_sha256, read_manifest_csv, write_manifest_csv
@@ -21,13 +22,12 @@ from mfclip_cli.data.protocols import (
     write_split_files,
 )
 from mfclip_cli.data.splits import assign_splits, check_disjoint, overlap_by_content
-from mfclip_cli.data.taxonomy import Label
+from mfclip_cli.data.taxonomy import KINDS, Label, label_for_generator, lookup_generator
 from mfclip_cli.data.transforms import PERTURBATIONS, TrainAugment, get_perturbation, standardize
 from mfclip_cli.errors import DatasetError
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
-if not FACES.is_dir():
-    FACES = Path("/work/shared/data/faces")
+FACES = FACES_DIR
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def touch(root: Path, rel: str, data: bytes = b"x") -> Path:
@@ -214,13 +214,61 @@ def test_unknown_layout_explains_the_expected_trees(tmp_path: Path):
         read_dataset(tmp_path, layout="imagenet")
 
 
+def _images_in(folder: Path) -> int:
+    return sum(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*"))
+
+
 def test_shared_faces_dataset_reads_as_generic(faces: list[Record]):
-    assert Counter(r.y for r in faces) == {0: 1321, 1: 1117}
-    assert {r.source for r in faces if r.y == 0} == {
-        "unsplash_hardfakevsreal", "unsplash_man512", "ciplab_rff_facecrops"}
-    assert {r.generator for r in faces if r.y == 1} == {"stylegan2", "generated photos gan", "stable diffusion 1.4"}
-    assert {r.kind for r in faces if r.y == 1} == {"entire_synthesis"}
+    # expected counts come from the folders themselves, so the test follows the pool as it grows
+    real_dirs = sorted(d for d in (FACES / "real").iterdir() if d.is_dir())
+    fake_dirs = sorted(d for d in (FACES / "fake").glob("*/*") if d.is_dir())
+    assert Counter(r.y for r in faces) == {0: sum(map(_images_in, real_dirs)), 1: sum(map(_images_in, fake_dirs))}
+    assert Counter(r.source for r in faces if r.y == 0) == {d.name: _images_in(d) for d in real_dirs}
+    assert Counter(r.source for r in faces if r.y == 1) == {d.name: _images_in(d) for d in fake_dirs}
+    for r in faces:
+        if r.y:  # kind from the folder, family from the taxonomy: the pool holds no generator it cannot place
+            assert Path(r.path).relative_to(FACES).parts[1] == r.kind
+            assert r.family != "unknown", r.source
     assert not any(Path(r.path).suffix.lower() in (".md", ".csv") for r in faces)
+
+
+# --- taxonomy of generator folders --------------------------------------------------------------------
+
+def _generator_dirs() -> list[Path]:
+    roots = [FACES, *sorted(p for p in EXTERNAL_DIR.glob("*") if p.is_dir())]
+    return sorted(d for root in roots for d in root.glob("fake/*/*") if d.is_dir())
+
+
+@pytest.mark.skipif(not _generator_dirs(), reason="no shared data found")
+def test_every_shared_generator_folder_gets_its_kind_from_the_tree_and_a_known_family():
+    for d in _generator_dirs():
+        label = label_for_generator(d.name, d.parent.name)
+        assert label.kind == d.parent.name and label.family != "unknown", d
+
+
+def test_new_generators_have_families_and_prompt_sets_of_one_model_share_its_name():
+    assert label_for_generator("midjourney_v3", "entire_synthesis") == Label.fake(
+        "entire_synthesis", "diffusion", "midjourney v3")
+    assert label_for_generator("flux1_schnell", "entire_synthesis").family == "diffusion"
+    assert label_for_generator("inswapper_128", "face_swap") == Label.fake("face_swap", "gan", "inswapper 128")
+    assert (label_for_generator("flux1_dev_styles").generator == label_for_generator("flux1_dev_occupations").generator
+            == "flux.1 dev")
+    assert (label_for_generator("sd15_negroles").generator == label_for_generator("sd15_photo_of_a_person").generator
+            == "stable diffusion 1.5")
+    assert label_for_generator("sdxl_realvisxl").family == "diffusion"
+
+
+def test_unlisted_variants_take_kind_and_family_from_the_longest_table_prefix():
+    # a prefix at a '_' boundary places the folder; the display name keeps the folder's own words
+    assert lookup_generator("SD15-Portraits") == ("entire_synthesis", "diffusion", "SD15-Portraits")
+    assert lookup_generator("midjourney_v6_1") == ("entire_synthesis", "diffusion", "midjourney v6 1")
+    assert lookup_generator("sdxl_refiner_v2")[0] == "image_to_image"  # sdxl_refiner beats sdxl
+    assert lookup_generator("stylegan3_t")[1] == "gan"
+    # no partial-word matches, and a name the table cannot place stays 'unknown' with the layout's kind
+    assert lookup_generator("sdfoo") is None and lookup_generator("fluxcapacitor") is None
+    assert label_for_generator("mystery_net", "face_edit") == Label.fake("face_edit", "unknown", "mystery net")
+    for kind in KINDS:
+        assert label_for_generator("midjourney_v3", kind).kind == kind
 
 
 def test_manifest_hash_ignores_order_and_mount_point():
@@ -279,10 +327,12 @@ def test_in_domain_is_group_disjoint():
 
 
 def test_cross_generator_holds_generators_out_of_training(faces: list[Record]):
+    held = {"stable diffusion 1.4", "generated photos gan"}
     split = cross_generator(faces, test_generators=["sd14_blonde_woman", "Generated Photos GAN"], seed=0)
-    assert set(split.tests) == {"generator:stable diffusion 1.4", "generator:generated photos gan"}
+    assert set(split.tests) == {f"generator:{g}" for g in held}
     fit = split.train + split.val
-    assert {r.generator for r in fit if r.y} == {"stylegan2"}
+    others = {r.generator for r in faces if r.y} - held
+    assert others and {r.generator for r in fit if r.y} == others
     reals = None
     for name, recs in split.tests.items():
         assert {r.y for r in recs} == {0, 1}
@@ -292,7 +342,8 @@ def test_cross_generator_holds_generators_out_of_training(faces: list[Record]):
         assert reals is None or this_reals == reals  # every test set shares the same reals
         reals = this_reals
     # naming the training side instead gives the same split
-    assert cross_generator(faces, train_generators=["stylegan2_tpdne"], seed=0) == split
+    other_folders = sorted({r.source for r in faces if r.y and r.generator in others})
+    assert cross_generator(faces, train_generators=other_folders, seed=0) == split
 
 
 def test_cross_generator_unknown_name_lists_available(faces: list[Record]):
@@ -321,7 +372,9 @@ def test_cross_dataset_tests_all_of_the_other_dataset():
 
 def test_leave_source_out_holds_every_source_and_generator_out_once(faces: list[Record]):
     runs = leave_source_out(faces, seed=0)
-    assert len(runs) == 3
+    n_generators = len({r.generator for r in faces if r.y})
+    n_sources = len({r.source for r in faces if r.y == 0})
+    assert len(runs) == max(n_generators, n_sources)
     held_gens, held_srcs = [], []
     for run in runs:
         ((name, test),) = run.tests.items()
@@ -335,8 +388,11 @@ def test_leave_source_out_holds_every_source_and_generator_out_once(faces: list[
         assert g not in {r.generator for r in fit if r.y} and s not in {r.source for r in fit if r.y == 0}
         assert {r.y for r in run.train} == {r.y for r in run.val} == {0, 1}
         assert len(fit) + len(test) == len(faces)
-    assert sorted(held_gens) == sorted({r.generator for r in faces if r.y})
-    assert sorted(held_srcs) == sorted({r.source for r in faces if r.y == 0})
+    assert set(held_gens) == {r.generator for r in faces if r.y}
+    assert set(held_srcs) == {r.source for r in faces if r.y == 0}
+    # the longer list is held out exactly once per name, the shorter one in rotation
+    longer = held_srcs if n_sources >= n_generators else held_gens
+    assert len(set(longer)) == len(longer) == len(runs)
 
 
 def test_make_protocol_dispatch_and_split_files(tmp_path: Path):

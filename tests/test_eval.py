@@ -1,4 +1,5 @@
-"""`mfclip eval`: per-generator rows, robustness, plots, JSON, overlap guard, calibration, skipped files, CLI."""
+"""`mfclip eval`: per-generator rows, robustness, plots, JSON, overlap guard, calibration, skipped files, CLI,
+`--suite` (one row per set, summary over the scorable sets)."""
 
 from __future__ import annotations
 
@@ -225,3 +226,130 @@ def test_cli_eval_writes_json(env, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["schema"] == SCHEMA_ID and doc["sets"][0]["name"] == "all"
     assert "ddpm" in res.output
+
+
+# --- eval --suite ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def suite_dir(tmp_path_factory) -> Path:
+    """Four sets: normal (two real sources), one broken file among normal ones, empty, reals only."""
+    root = tmp_path_factory.mktemp("suite")
+    normal = make_dataset(root / "a_normal", seed=4, n=4)
+    rng = np.random.default_rng(40)
+    webcam = normal / "real" / "webcam"
+    webcam.mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(webcam / f"w{i}.png"), _real(rng, 64))
+    broken = make_dataset(root / "b_broken", seed=5, n=4)
+    (broken / "fake" / "entire_synthesis" / "ddpm" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "c_empty").mkdir()
+    reals = root / "d_reals_only" / "real" / "ffhq"
+    reals.mkdir(parents=True)
+    for i in range(4):
+        cv2.imwrite(str(reals / f"r{i}.png"), _real(rng, 64))
+    (root / "README.md").write_text("not a set: files beside the sets are ignored\n")
+    return root
+
+
+def test_cli_eval_suite_scores_each_set_and_summarises_the_scorable_ones(env, suite_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mfclip_cli.cli import app
+    from mfclip_cli.evaluate import SUITE_SCHEMA_ID
+
+    monkeypatch.setenv("MFCLIP_CACHE", str(env["base"] / "cache"))
+    out, plots = tmp_path / "suite.json", tmp_path / "plots"
+    res = CliRunner().invoke(app, ["eval", env["ckpt"], "--suite", str(suite_dir), "--json", str(out),
+                                   "--bootstrap", "20", "--robustness", "--plots", str(plots),
+                                   "--workers", "0", "--device", "cpu"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == SUITE_SCHEMA_ID
+    sets = {s["name"]: s for s in doc["sets"]}
+    assert list(sets) == ["a_normal", "b_broken", "c_empty", "d_reals_only"]
+
+    a, b, c, d = (sets[k] for k in sets)
+    assert (a["status"], a["n_real"], a["n_fake"]) == ("scored", 11, 8)
+    assert {r["name"] for r in a["rows"]} >= {"all", *GENERATORS}
+    assert a["rows"][0]["auc_ci"] is not None  # --bootstrap applies per set
+    assert [r["perturbation"] for r in a["robustness"]] == list(PERTURBATIONS)  # and --robustness
+    assert {s["source"]: s["n"] for s in a["real_sources"]} == {"ffhq": 8, "webcam": 3}
+    assert (b["status"], b["n_real"], b["n_fake"], b["skipped"]) == ("scored", 8, 8, 1)
+    assert b["skipped_files"][0]["path"].endswith("broken.png")
+    assert c["status"] == d["status"] == "not_scored" and c["rows"] == d["rows"] == []
+    assert "empty set" in c["error"]
+    assert "only real images (4)" in d["error"] and "AUC undefined" in d["error"]
+
+    summary = doc["summary"]
+    aucs = [s["rows"][0]["auc"] for s in (a, b)]
+    assert summary["mean_auc"] == pytest.approx(np.mean(aucs))
+    assert summary["min_auc"] == pytest.approx(min(aucs))
+    real_accs = {(s["name"], src["source"]): src["real_acc"] for s in (a, b) for src in s["real_sources"]}
+    assert summary["worst_real_acc"] == pytest.approx(min(real_accs.values()))
+    assert real_accs[(summary["worst_real_set"], summary["worst_real_source"])] == summary["worst_real_acc"]
+    assert (summary["n_sets"], summary["n_sets_scored"], summary["n_sets_unscored"]) == (4, 2, 2)
+    assert summary["unscored_sets"] == ["c_empty", "d_reals_only"]
+
+    assert {p.parent.name for p in plots.rglob("*.png")} == {"a_normal", "b_broken"}  # --plots DIR/<set>/
+    for text in ("a_normal", "stylegan2", "webcam", "empty set", "only real images", "mean AUC",
+                 "2 set(s) not scored"):
+        assert text in res.output
+
+
+def test_suite_real_acc_is_per_real_source_at_the_threshold(env, suite_dir, monkeypatch):
+    from mfclip_cli.evaluate import run_suite, run_suite_model
+    from mfclip_cli.model.checkpoint import load_checkpoint
+    from mfclip_cli.runtime.torch_backend import crop_policy_from_meta, threshold_from_meta
+
+    monkeypatch.setenv("MFCLIP_CACHE", str(env["base"] / "cache"))
+    model, meta = load_checkpoint(env["ckpt"])
+    policy = crop_policy_from_meta(meta)
+    kw = {"workers": 0, "batch_size": 16}
+    # threshold 0 flags every image fake, one above 1 none: real-ACC 0 and 1 for every source
+    flag_all = run_suite_model(model, 0.0, policy, suite_dir, **kw)
+    flag_none = run_suite_model(model, 1.01, policy, suite_dir, **kw)
+    assert {s.real_acc for r in flag_all.sets for s in r.real_sources} == {0.0}
+    assert {s.real_acc for r in flag_none.sets for s in r.real_sources} == {1.0}
+    assert flag_all.summary.worst_real_acc == 0.0 and flag_all.summary.worst_real_set == "a_normal"
+    assert flag_none.summary.worst_real_acc == 1.0
+    assert flag_all.summary.mean_auc == pytest.approx(flag_none.summary.mean_auc)  # AUC ignores the threshold
+
+    # the checkpoint path and the loaded model give the same numbers; events report every set
+    events = []
+    by_path = run_suite(env["ckpt"], suite_dir, on_event=events.append, **kw)
+    by_model = run_suite_model(model, threshold_from_meta(meta), policy, suite_dir, **kw)
+    assert by_path.summary == by_model.summary
+    assert by_path.set_result("a_normal").rows == by_model.set_result("a_normal").rows
+    assert [e.set_name for e in events if e.stage == "set"] == ["a_normal", "b_broken", "c_empty", "d_reals_only"]
+    assert any(e.stage == "score" and e.done == e.total == 19 for e in events)
+    assert by_path.to_dict()["checkpoint"]["sha256"] == meta["sha256"]
+
+
+def test_suite_with_no_scorable_set_or_no_set_is_an_error(env, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mfclip_cli.cli import app
+    from mfclip_cli.evaluate import run_suite
+
+    monkeypatch.setenv("MFCLIP_CACHE", str(env["base"] / "cache"))
+    with pytest.raises(MfclipError, match="no sub-folders"):
+        run_suite(env["ckpt"], tmp_path, workers=0)
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(app, ["eval", env["ckpt"], "--suite", str(tmp_path), "--workers", "0",
+                                   "--device", "cpu"], terminal_width=200)
+    assert res.exit_code == 2 and "no set" in res.output and "empty set" in res.output
+
+
+def test_cli_suite_and_data_are_mutually_exclusive(env, suite_dir):
+    from typer.testing import CliRunner
+
+    from mfclip_cli.cli import app
+
+    runner = CliRunner()
+    both = runner.invoke(app, ["eval", env["ckpt"], "--suite", str(suite_dir), "--data", str(env["fresh"])],
+                         terminal_width=200)
+    assert both.exit_code == 2 and "not both" in both.output
+    neither = runner.invoke(app, ["eval", env["ckpt"]], terminal_width=200)
+    assert neither.exit_code == 2 and "--suite" in neither.output
+    split = runner.invoke(app, ["eval", env["ckpt"], "--suite", str(suite_dir), "--split", "test"],
+                          terminal_width=200)
+    assert split.exit_code == 2 and "--split" in split.output and "--suite" in split.output

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import FACES_DIR
 
 from mfclip_cli.errors import MfclipError
 from mfclip_cli.faces import (
@@ -24,7 +25,7 @@ from mfclip_cli.faces import (
 )
 from mfclip_cli.media import decode_image
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces" / "real"
+REAL = FACES_DIR / "real"
 PHOTOS = [REAL / "unsplash_man512" / f"man_unsplash_0000{i}.jpg" for i in range(3)]
 
 pytestmark = pytest.mark.skipif(not all(p.is_file() for p in PHOTOS), reason="shared face photos not present")

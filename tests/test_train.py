@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FACES_DIR
 
 from mfclip_cli.cli import app
 from mfclip_cli.data.layouts import read_dataset
@@ -25,7 +26,6 @@ from mfclip_cli.data.manifest import write_manifest_csv
 from mfclip_cli.model import build_model, load_checkpoint, load_preset, read_checkpoint_meta
 from mfclip_cli.train import TrainOptions, run_training
 
-FACES_DIR = Path(os.environ.get("MFCLIP_SHARED_FACES") or Path(__file__).resolve().parents[2] / "shared" / "data" / "faces")
 LOSS_TERMS = ("train_loss", "contrastive_loss", "kl_loss", "ce_loss", "val_loss")
 TINY = {"preset": "tiny", "crop": "none", "device": "cpu", "workers": 0}
 TINY_CLI = ["--preset", "tiny", "--crop", "none", "--device", "cpu", "--workers", "0", "--quiet"]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from .manifest import Record, read_manifest_csv
-from .taxonomy import KINDS, KNOWN_GENERATORS, Label, label_for_generator, normalise_generator
+from .taxonomy import KINDS, Label, label_for_generator, lookup_generator
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
@@ -164,7 +164,7 @@ def read_generic(root: str | os.PathLike) -> list[Record]:
 
 def _genface_fake_label(folder: str, kind: str, family: str) -> Label:
     """GenFace fake label: the tree gives kind and family; the table gives the display name if known."""
-    known = KNOWN_GENERATORS.get(normalise_generator(folder))
+    known = lookup_generator(folder)
     display = known[2] if known else folder.replace("_", " ")
     return Label.fake(kind, family, display)
 
@@ -213,7 +213,7 @@ def read_genface(root: str | os.PathLike) -> list[Record]:
 
 def _diff_label(method: str, kind: str) -> Label:
     """DiFF fake label: kind from the category folder, family diffusion, display name from the table."""
-    known = KNOWN_GENERATORS.get(normalise_generator(method))
+    known = lookup_generator(method)
     display = known[2] if known else method.replace("_", " ")
     return Label.fake(kind, "diffusion", display)
 

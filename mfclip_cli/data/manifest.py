@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from ..fsutil import atomic_write_text
-from .taxonomy import FAMILIES, KINDS, KNOWN_GENERATORS, Label, normalise_generator
+from .taxonomy import FAMILIES, KINDS, KNOWN_GENERATORS, Label, lookup_generator, normalise_generator
 
 COLUMNS: tuple[str, ...] = ("path", "label", "kind", "family", "generator", "source", "group", "split")
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "label")
@@ -128,7 +128,7 @@ def _fake_label(row: dict[str, str], where: str) -> Label:
         raise DatasetError(f"{where}: a fake row needs a generator name (use 'unknown' if it is not known)")
     key = normalise_generator(generator)
     key = key if key in KNOWN_GENERATORS else _DISPLAY_TO_KEY.get(key, key)
-    table = KNOWN_GENERATORS.get(key)
+    table = lookup_generator(key)
     kind = row.get("kind", "").strip() or (table[0] if table else "")
     family = row.get("family", "").strip() or (table[1] if table else "unknown")
     if kind not in KINDS:

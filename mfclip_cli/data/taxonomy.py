@@ -29,6 +29,24 @@ KNOWN_GENERATORS: dict[str, tuple[str, str, str]] = {
     "stylegan2_tpdne": ("entire_synthesis", "gan", "stylegan2"),
     "generated_photos_gan": ("entire_synthesis", "gan", "generated photos gan"),
     "sd14_blonde_woman": ("entire_synthesis", "diffusion", "stable diffusion 1.4"),
+    # prompt sets of one model are one generator: the folder names the prompts, the display name the model
+    "sd15_photo_of_a_person": ("entire_synthesis", "diffusion", "stable diffusion 1.5"),
+    "sd15_negroles": ("entire_synthesis", "diffusion", "stable diffusion 1.5"),
+    "sdxl_realvisxl": ("entire_synthesis", "diffusion", "stable diffusion xl realvisxl"),
+    "flux1_dev_styles": ("entire_synthesis", "diffusion", "flux.1 dev"),
+    "flux1_dev_occupations": ("entire_synthesis", "diffusion", "flux.1 dev"),
+    # ../shared/data/external
+    "midjourney_v3": ("entire_synthesis", "diffusion", "midjourney v3"),
+    "flux1_schnell": ("entire_synthesis", "diffusion", "flux.1 schnell"),
+    # inswapper_128 (InsightFace) is one feed-forward encoder-decoder that injects the source identity
+    # embedding and renders the swapped face in a single pass, adversarially trained like the SimSwap /
+    # FaceShifter swappers GenFace files under GAN; no denoising steps (not diffusion), no token sampling
+    # (not autoregressive). InsightFace published no training paper, but every part we know is GAN-style,
+    # so 'gan' says more than 'unknown' would.
+    "inswapper_128": ("face_swap", "gan", "inswapper 128"),
+    "inswapper": ("face_swap", "gan", "inswapper"),
+    "simswap": ("face_swap", "gan", "simswap"),
+    "faceshifter": ("face_swap", "gan", "faceshifter"),
     # common names
     "stylegan": ("entire_synthesis", "gan", "stylegan"),
     "stylegan2": ("entire_synthesis", "gan", "stylegan2"),
@@ -43,6 +61,15 @@ KNOWN_GENERATORS: dict[str, tuple[str, str, str]] = {
     "dalle2": ("entire_synthesis", "diffusion", "dall-e 2"),
     "dalle3": ("entire_synthesis", "diffusion", "dall-e 3"),
     "flux": ("entire_synthesis", "diffusion", "flux"),
+    "flux1": ("entire_synthesis", "diffusion", "flux.1"),
+    "flux1_dev": ("entire_synthesis", "diffusion", "flux.1 dev"),
+    "flux1_pro": ("entire_synthesis", "diffusion", "flux.1 pro"),
+    "sd": ("entire_synthesis", "diffusion", "stable diffusion"),
+    "stable_diffusion": ("entire_synthesis", "diffusion", "stable diffusion"),
+    "sd2": ("entire_synthesis", "diffusion", "stable diffusion 2"),
+    "sd3": ("entire_synthesis", "diffusion", "stable diffusion 3"),
+    "sdxl_turbo": ("entire_synthesis", "diffusion", "stable diffusion xl turbo"),
+    "imagen": ("entire_synthesis", "diffusion", "imagen"),
     # GenFace (EFS / FS / AM)
     "collabdiff": ("entire_synthesis", "diffusion", "collaborative diffusion"),
     "ddpm": ("entire_synthesis", "diffusion", "ddpm"),
@@ -116,14 +143,34 @@ class Label:
         )
 
 
+def lookup_generator(name: str) -> tuple[str, str, str] | None:
+    """(kind, family, display name) of a generator folder or name, or None if the table cannot place it.
+
+    An exact table key gives its row. Otherwise the longest key that is a prefix of the name at a ``_``
+    boundary gives kind and family (``sd15_portraits`` -> sd15 -> diffusion, ``midjourney_v5`` ->
+    midjourney), and the display name is the name itself: the folder says more than the prefix.
+    """
+    key = normalise_generator(name)
+    if key in KNOWN_GENERATORS:
+        return KNOWN_GENERATORS[key]
+    parts = key.split("_")
+    for n in range(len(parts) - 1, 0, -1):
+        prefix = "_".join(parts[:n])
+        if prefix in KNOWN_GENERATORS:
+            kind, family, _ = KNOWN_GENERATORS[prefix]
+            return kind, family, name.strip().replace("_", " ")
+    return None
+
+
 def label_for_generator(folder: str, kind: str | None = None) -> Label:
-    """Label of a fake sample from its generator folder name; unknown generators get family 'unknown'.
+    """Label of a fake sample from its generator folder name; generators the table cannot place (see
+    :func:`lookup_generator`) get family 'unknown'.
 
     ``kind`` (from the directory layout) wins over the table's kind when given.
     """
-    key = normalise_generator(folder)
-    if key in KNOWN_GENERATORS:
-        k, fam, display = KNOWN_GENERATORS[key]
+    known = lookup_generator(folder)
+    if known is not None:
+        k, fam, display = known
         return Label.fake(kind or k, fam, display)
     return Label.fake(kind or "entire_synthesis", "unknown", folder.replace("_", " "))
 
