@@ -1,15 +1,21 @@
-"""Recipe comparison and ablation of MFCLIP, judged on sources the model never saw (leave-source-out).
+"""Training recipes compared on faces from sources the training pool never saw (the external suite).
 
-    uv run python benchmarks/ablation.py [--data ../shared/data/faces] [--out runs/ablation]
-        [--steps 60] [--epochs 1] [--variants full-pair,image-only,...] [--markdown benchmarks/ablation.md]
+    uv run python benchmarks/ablation.py [--data ../shared/data/faces] [--suite ../shared/data/external]
+        [--out runs/ablation] [--steps 150] [--variants A,B,...] [--markdown benchmarks/ablation.md]
 
-Every variant is one `mfclip train --protocol leave-source-out` (3 runs: each holds out one fake generator
-AND one real source and tests on exactly that pair), with the same data, seed, crop policy, batch, step
-budget and learning rate; only the flags in the table differ. The table lists each run's AUC with its
-bootstrap 95% CI (200 stratified resamples of the held-out test set) and the mean over runs.
+Every variant is one `mfclip train --protocol in-domain` on the whole pool (10 % validation, 5 % in-pool
+test), with the same seed, crop policy, batch, step budget, learning rate and threshold rule (the score
+that flags 5 % of the validation reals); only the flags in the table differ. Each trained model is then
+scored on every set of the suite (`mfclip eval --suite`: AUC with a 200-resample bootstrap CI, mean, min,
+and the worst real-ACC over the suite's real sources at the model's threshold). The in-pool test AUC is
+printed beside it, so the table shows where a split of the pool and new sources disagree.
 
-Resumable: a variant whose summary.json holds every run is read back, a half-finished one continues with
-`mfclip train --resume`. Results also go to benchmarks/results/ablation.json.
+Per variant the script also keeps each suite set's score distribution (median P(fake) per real source and
+per generator) and draws it (benchmarks/results/ablation/<variant>.png): a set below 0.5 AUC means some cue
+points the wrong way there (see benchmarks/cues.py).
+
+Resumable: a variant whose run folder holds test_metrics.json is only re-scored; a half-finished one
+continues with `mfclip train --resume`. Results also go to benchmarks/results/ablation.json.
 """
 
 from __future__ import annotations
@@ -25,33 +31,35 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 DEFAULT_FACES = ROOT.parent / "shared" / "data" / "faces"
+DEFAULT_SUITE = ROOT.parent / "shared" / "data" / "external"
+PARITY = ["--parity", "on", "--balance", "sources", "--augment", "light"]
 
 # name -> (what it tests, extra `mfclip train` flags). Shared flags are in common_flags().
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "full-pair": ("full MFCLIP, SPA pair (default), ImageNet trunk frozen", ["--spa", "pair", "--freeze-image"]),
-    "full-pair-finetune": ("full MFCLIP, SPA pair, ImageNet trunk fine-tuned", ["--spa", "pair"]),
-    "image-only": ("image branch alone, SPA pair, trunk frozen", ["--branches", "image", "--spa", "pair",
-                                                                  "--freeze-image"]),
-    "noise-only": ("noise branch alone, SPA pair", ["--branches", "noise", "--spa", "pair"]),
-    "full-none": ("full MFCLIP, no SPA, trunk frozen", ["--spa", "none", "--freeze-image"]),
-    "full-matrix": ("full MFCLIP, SPA matrix (released code), trunk frozen", ["--spa", "matrix", "--freeze-image"]),
-    "full-pair-random": ("full MFCLIP, SPA pair, random-init trunk trained",
-                         ["--spa", "pair", "--image-init", "random"]),
-    "full-pair-strongaug": ("full MFCLIP, SPA pair, trunk frozen, strong augmentation (JPEG/sharpness re-drawn)",
-                            ["--spa", "pair", "--freeze-image", "--augment", "strong"]),
-    "full-pair-finetune-strongaug": ("full MFCLIP, SPA pair, trunk fine-tuned, strong augmentation",
-                                     ["--spa", "pair", "--augment", "strong"]),
+    "A-strongaug": ("previous recipe: crop-level JPEG / down-up / blur re-drawn for most images", ["--augment", "strong"]),
+    "B-parity": ("parity chain before cropping (face size, JPEG history, 256² q90 share, grey share), source-balanced "
+                 "sampling", PARITY),
+    "C-parity-sbi": ("B + self-blended pseudo-fakes (a quarter of the reals)", [*PARITY, "--pseudo-fakes", "sbi"]),
+    "D-parity-npr": ("B with NPR residuals in the noise branch instead of SRM", [*PARITY, "--noise-residual", "npr"]),
+    "E-parity-sbi-npr": ("B + self-blended pseudo-fakes + NPR residuals",
+                         [*PARITY, "--pseudo-fakes", "sbi", "--noise-residual", "npr"]),
+    "F-parity-sbi-image": ("C with the image branch alone (no noise branch)",
+                           [*PARITY, "--pseudo-fakes", "sbi", "--branches", "image"]),
 }
 
 
 def common_flags(args: argparse.Namespace, shown: bool = False) -> list[str]:
     """The flags every variant shares; ``shown``: with the data path relative to the repository."""
     data = os.path.relpath(args.data, ROOT) if shown else str(args.data)
-    return ["--data", data, "--protocol", "leave-source-out", "--preset", "effnet-lite0",
-            "--crop-margin", "0", "--epochs", str(args.epochs), "--max-steps", str(args.steps),
-            "--batch-size", "24", "--workers", str(args.workers), "--seed", str(args.seed), "--quiet"]
+    return ["--data", data, "--protocol", "in-domain", "--preset", "effnet-lite0", "--crop-margin", "0",
+            "--test-frac", "0.05", "--epochs", "1", "--batch-size", "24", "--workers", str(args.workers),
+            "--seed", str(args.seed), "--bootstrap", "0", "-q", "--max-steps", str(args.steps),
+            "--target-fpr", "0.05"]
 
 
 def mfclip_cmd() -> list[str]:
@@ -59,76 +67,139 @@ def mfclip_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "mfclip_cli"]
 
 
-def run_variant(name: str, args: argparse.Namespace) -> dict:
-    """Train (or resume, or read back) one variant; its summary plus wall time and training images/s."""
+def train_variant(name: str, args: argparse.Namespace) -> Path:
+    """Train (or resume) one variant; its run folder."""
     out = Path(args.out) / name
-    summary_path = out / "summary.json"
-    flags = VARIANTS[name][1]
-    if not (summary_path.is_file() and len(json.loads(summary_path.read_text())["runs"]) == 3):
-        cmd = mfclip_cmd() + (["train", "--resume", str(out)] if (out / "config.json").is_file()
-                              else ["train", *common_flags(args), *flags, "--out", str(out)])
-        print(f"[ablation] {name}: {' '.join(cmd)}", flush=True)
-        t0 = time.monotonic()
-        subprocess.run(cmd, check=True)
-        (out / "wall_seconds.txt").write_text(f"{time.monotonic() - t0:.0f}\n")
-    summary = json.loads(summary_path.read_text())
-    speeds = []
-    for i in (1, 2, 3):
-        m = out / f"run-{i}" / "metrics.jsonl"
-        if m.is_file():
-            speeds += [json.loads(line)["images_per_s"] for line in m.read_text().splitlines() if line.strip()]
-    wall = out / "wall_seconds.txt"
-    return {"variant": name, "what": VARIANTS[name][0], "flags": flags, **summary,
-            "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
-            "wall_seconds": float(wall.read_text()) if wall.is_file() else None}
+    if (out / "test_metrics.json").is_file():
+        return out
+    cmd = mfclip_cmd() + (["train", "--resume", str(out)] if (out / "config.json").is_file()
+                          else ["train", *common_flags(args), *VARIANTS[name][1], "--out", str(out)])
+    print(f"[ablation] {name}: {' '.join(cmd)}", flush=True)
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True)
+    (out / "wall_seconds.txt").write_text(f"{time.monotonic() - t0:.0f}\n")
+    return out
 
 
-def _fmt_run(r: dict) -> str:
-    ci = r.get("auc_ci")
-    return f"{r['auc']:.3f} [{ci[0]:.2f}–{ci[1]:.2f}]" if ci else f"{r['auc']:.3f}"
+def distribution(set_result) -> dict[str, dict]:
+    """Median and quartiles of P(fake) per real source and per generator of one scored suite set."""
+    groups: dict[str, list[float]] = {}
+    for entry, score in zip(set_result.entries, set_result.scores, strict=True):
+        rec = entry.record
+        key = f"real:{rec.source}" if rec.y == 0 else f"fake:{rec.generator}"
+        groups.setdefault(key, []).append(float(score))
+    return {k: {"n": len(v), "q25": float(np.percentile(v, 25)), "median": float(np.median(v)),
+                "q75": float(np.percentile(v, 75))} for k, v in sorted(groups.items())}
+
+
+def plot_distributions(name: str, suite, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = [s for s in suite.sets if s.scored]
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3), squeeze=False)
+    for ax, s in zip(axes[0], sets, strict=True):
+        groups: dict[str, list[float]] = {}
+        for entry, score in zip(s.entries, s.scores, strict=True):
+            rec = entry.record
+            groups.setdefault(f"{'real' if rec.y == 0 else 'fake'}: {rec.source}", []).append(float(score))
+        bins = np.linspace(0, 1, 26)
+        for label, vals in sorted(groups.items()):
+            ax.hist(vals, bins=bins, histtype="step", linewidth=1.5, density=True,
+                    linestyle="-" if label.startswith("fake") else "--", label=f"{label} ({len(vals)})")
+        ax.axvline(suite.threshold, color="k", linewidth=0.8)
+        ax.set_title(f"{s.name}: AUC {s.auc:.2f}", fontsize=9)
+        ax.set_xlabel("P(fake)")
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{name}: score distributions on the suite (threshold {suite.threshold:.2f})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def score_variant(name: str, run: Path, args: argparse.Namespace) -> dict:
+    from mfclip_cli.evaluate import run_suite
+
+    suite = run_suite(run / "best.safetensors", args.suite, bootstrap=200, seed=args.seed, workers=args.workers)
+    tests = json.loads((run / "test_metrics.json").read_text())
+    in_pool = next((r for rep in tests.values() for r in rep["rows"] if r["name"] == "all"), {})
+    plots = Path(args.json).parent / "ablation"
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_distributions(name, suite, plots / f"{name}.png")
+    wall = run / "wall_seconds.txt"
+    sets = {}
+    for s in suite.sets:
+        if not s.scored:
+            sets[s.name] = {"error": s.error}
+            continue
+        allrow = next(r for r in s.rows if r.name == "all")
+        sets[s.name] = {"auc": allrow.metrics.auc, "auc_ci": allrow.metrics.auc_ci,
+                        "real_acc": {r.source: r.real_acc for r in s.real_sources},
+                        "distribution": distribution(s)}
+    return {"variant": name, "what": VARIANTS[name][0], "flags": VARIANTS[name][1], "threshold": suite.threshold,
+            "sets": sets, "mean_auc": suite.summary.mean_auc, "min_auc": suite.summary.min_auc,
+            "worst_real_acc": suite.summary.worst_real_acc, "worst_real_source": suite.summary.worst_real_source,
+            "in_pool_test_auc": in_pool.get("auc"),
+            "train_wall_seconds": float(wall.read_text()) if wall.is_file() else None}
+
+
+def _auc(cell: dict) -> str:
+    if "error" in cell:
+        return "not scored"
+    ci = cell.get("auc_ci")
+    return f"{cell['auc']:.3f} [{ci[0]:.2f}–{ci[1]:.2f}]" if ci else f"{cell['auc']:.3f}"
 
 
 def markdown(results: list[dict], args: argparse.Namespace, cmdline: str) -> str:
-    held = [r["test"].removeprefix("heldout:") for r in results[0]["runs"]] if results else []
+    set_names = sorted({s for r in results for s in r["sets"]})
     lines = [
-        "# MFCLIP recipe comparison and ablation (leave-source-out)",
+        "# MFCLIP training recipes, judged on sources the pool never saw",
         "",
-        (f"Produced by `{cmdline}` on {datetime.now(UTC):%Y-%m-%d}, "
-         f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU."),
+        (f"Produced by `{cmdline}` on {datetime.now(UTC):%Y-%m-%d}, {platform.machine()} CPU, "
+         f"{os.cpu_count()} cores, no GPU."),
         "",
-        ("Each variant trains three models. Each one holds out one fake generator and one real source and is "
-         "tested on exactly that pair, so every number below is measured on sources the model never saw. "
-         f"Same data, seed {args.seed}, face crops (RetinaFace, 5-point alignment, margin 0, ellipse mask), "
-         f"batch 24, Adam 1e-4, {args.epochs} epoch(s) of at most {args.steps} steps per run; only the flags "
-         "differ. AUC of the held-out pair with its bootstrap 95% CI (200 stratified resamples)."),
+        ("Each variant trains one model on `../shared/data/faces` (in-domain split by file, seed "
+         f"{args.seed}: 10 % validation, 5 % in-pool test), one pass of at most {args.steps} steps of 24 images, "
+         "Adam 1e-4, RetinaFace crops (5-point alignment, margin 0, ellipse mask); the threshold flags 5 % of the "
+         "validation reals. Only the flags differ. Suite columns: AUC with its bootstrap 95 % CI (200 stratified "
+         "resamples) on `../shared/data/external` (every image 256² JPEG q90). Worst real-ACC: the lowest share of "
+         "real faces called real, over the suite's real sources, at the model's threshold."),
         "",
-        "| variant | what | " + " | ".join(f"held out: {h}" for h in held) + " | mean AUC (± sd) |",
-        "|---|---|" + "---|" * len(held) + "---|",
+        "| variant | " + " | ".join(set_names) + " | suite mean | suite min | worst real-ACC | in-pool test AUC |",
+        "|---|" + "---|" * len(set_names) + "---|---|---|---|",
     ]
-    for res in sorted(results, key=lambda r: -(r["mean_auc"] or 0)):
-        cells = [_fmt_run(r) for r in res["runs"]]
-        lines.append(f"| `{res['variant']}` | {res['what']} | " + " | ".join(cells)
-                     + f" | **{res['mean_auc']:.3f}** ± {res['std_auc']:.3f} |")
-    lines += ["", "Flags per variant (on top of the shared ones):", ""]
-    lines += [f"- `{r['variant']}`: `{' '.join(r['flags'])}`" for r in results]
+    for r in sorted(results, key=lambda r: -(r["mean_auc"] or 0)):
+        cells = [_auc(r["sets"].get(s, {"error": "missing"})) for s in set_names]
+        wr = f"{r['worst_real_acc']:.2f} ({r['worst_real_source']})" if r["worst_real_acc"] is not None else "—"
+        pool = f"{r['in_pool_test_auc']:.3f}" if r["in_pool_test_auc"] is not None else "—"
+        lines.append(f"| `{r['variant']}` | " + " | ".join(cells)
+                     + f" | **{r['mean_auc']:.3f}** | {r['min_auc']:.3f} | {wr} | {pool} |")
+    lines += ["", "What each variant changes (flags on top of the shared ones):", ""]
+    lines += [f"- `{r['variant']}`: {r['what']} — `{' '.join(r['flags'])}`" for r in results]
     lines += ["", "Shared: `mfclip train " + " ".join(common_flags(args, shown=True)) + " --out RUN`", "",
-              ("SPA at this budget: `pair` and `matrix` both start from a zero-initialised gate (sigmoid(0) = 0.5 "
-               "on every image-text pair); 60 Adam steps of lr 1e-4 move each parameter by at most 6e-3, so the "
-               "gates stay within 0.5 +- 0.003 and the two train alike; `none` leaves the similarities unhalved, which acts like another temperature. "
-               "Telling the SPA variants apart needs longer runs."),
-              "",
-              ("Training speed is not compared here (the machine was shared and some runs were paused for "
-              "other measurements); `benchmarks/train_step.py` measures it. Each run's images/s is in "
-              "benchmarks/results/ablation.json."), ""]
+              "Median P(fake) per source on the suite (score distributions; the plots are in "
+              "`benchmarks/results/ablation/`):", ""]
+    groups = sorted({(s, g) for r in results for s, cell in r["sets"].items() for g in cell.get("distribution", {})})
+    lines.append("| variant | " + " | ".join(f"{s.split('_vs_')[0]}…: {g}" for s, g in groups) + " |")
+    lines.append("|---|" + "---|" * len(groups))
+    for r in results:
+        vals = []
+        for s, g in groups:
+            d = r["sets"].get(s, {}).get("distribution", {}).get(g)
+            vals.append(f"{d['median']:.2f}" if d else "—")
+        lines.append(f"| `{r['variant']}` | " + " | ".join(vals) + " |")
+    lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("MFCLIP_SHARED_FACES", DEFAULT_FACES)))
+    ap.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "ablation")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -139,16 +210,20 @@ def main() -> None:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    if not args.data.is_dir():
-        ap.error(f"no dataset at {args.data} (set --data or MFCLIP_SHARED_FACES)")
+    for p, what in ((args.data, "--data"), (args.suite, "--suite")):
+        if not p.is_dir():
+            ap.error(f"no folder at {p} ({what})")
     cmdline = "uv run python benchmarks/ablation.py " + " ".join(sys.argv[1:])
-    results = []
+    previous = json.loads(args.json.read_text())["results"] if args.json.is_file() else []
+    results = {r["variant"]: r for r in previous if r["variant"] in VARIANTS}
     for name in names:
-        results.append(run_variant(name, args))
+        run = train_variant(name, args)
+        results[name] = score_variant(name, run, args)
         # rewrite after every variant: a long sweep leaves a readable table at each step
+        ordered = [results[n] for n in VARIANTS if n in results]
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": cmdline, "results": results}, indent=2) + "\n")
-        args.markdown.write_text(markdown(results, args, cmdline.strip()))
+        args.json.write_text(json.dumps({"command": cmdline, "results": ordered}, indent=2) + "\n")
+        args.markdown.write_text(markdown(ordered, args, cmdline.strip()))
     print(args.markdown.read_text())
 
 
