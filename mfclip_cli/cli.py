@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -98,13 +97,73 @@ def scan(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress; only errors.")] = False,
 ) -> None:
     """Score every face in images and videos. Exit 0: nothing flagged, 1: something flagged fake,
-    2: usage/fatal error, 3: nothing flagged but some inputs could not be read."""
-    from .report import JsonlWriter, exit_code_for, render_table, write_csv, write_json
+    2: usage/fatal error (nothing scanned), 3: nothing flagged but some inputs could not be read,
+    4: a report could not be written (the others were), 130/143: stopped by SIGINT/SIGTERM (partial report)."""
+    signals = _ScanSignals()  # first: a signal during start-up must already end cleanly
+    try:
+        _scan(signals, paths=paths, json_out=json_out, csv_out=csv_out, jsonl_out=jsonl_out, weights=weights,
+              backend=backend, model_dir=model_dir, device=device, batch_size=batch_size, workers=workers,
+              threshold=threshold, uncertain_band=uncertain_band, max_faces=max_faces, min_face=min_face,
+              no_face=no_face, detector=detector, fps=fps, frames=frames, video_top=video_top,
+              from_file=from_file, shard_opt=shard_opt, max_pixels=max_pixels, quiet=quiet)
+    except KeyboardInterrupt:
+        name = signal.Signals(signals.received[0]).name if signals.received else "SIGINT"
+        err_console.print(f"[yellow]interrupted ({name}) before the scan started: nothing was scanned and no "
+                          f"report was written or truncated[/]", highlight=False)
+        raise typer.Exit(128 + (signals.received[0] if signals.received else signal.SIGINT)) from None
+    finally:
+        signals.restore()
+
+
+class _ScanSignals:
+    """SIGINT and SIGTERM during a scan: before the scan starts they abort start-up (KeyboardInterrupt);
+    once it runs they set ``stop``, so the scan ends after the item in hand and every report is written."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.stop = threading.Event()
+        self.received: list[int] = []
+        self.scanning = False
+        self._before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self._before:
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received.append(signum)
+        if self.scanning:
+            self.stop.set()  # further signals change nothing: the partial report is being written
+        elif len(self.received) == 1:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for s, handler in self._before.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def _scan(signals: _ScanSignals, *, paths, json_out, csv_out, jsonl_out, weights, backend, model_dir, device,
+          batch_size, workers, threshold, uncertain_band, max_faces, min_face, no_face, detector, fps, frames,
+          video_top, from_file, shard_opt, max_pixels, quiet) -> None:
+    from .media import quiet_video_decoders
+    from .report import (
+        JsonlWriter,
+        WriteFailure,
+        exit_code_for,
+        plan_report_targets,
+        render_table,
+        safe_text,
+        write_reports,
+    )
     from .scan import ScanOptions, run_scan
 
     if not paths and not from_file:
         _fail(MfclipError("give at least one path, or --from-file LIST"))
     try:
+        if model_dir is not None and backend != "onnx":
+            raise MfclipError(f"--model DIR runs an exported model and needs --backend onnx (got --backend "
+                              f"{backend}); for a checkpoint use --weights CKPT")
+        if weights is not None and backend == "onnx":
+            raise MfclipError("--backend onnx runs an exported folder: pass --model DIR instead of --weights")
         opts = ScanOptions(
             backend=backend, device=device, batch_size=batch_size, workers=workers, threshold=threshold,
             uncertain_band=uncertain_band, max_faces=max_faces, min_face=min_face, no_face=no_face,
@@ -112,45 +171,72 @@ def scan(
             shard=_parse_shard(shard_opt),
         )
         ckpt = _default_weights(backend, model_dir if backend == "onnx" else weights)
+        targets = plan_report_targets(json_out, csv_out, jsonl_out, path_list=from_file)
     except MfclipError as exc:
         _fail(exc)
+    quiet_video_decoders()
 
-    to_stdout = json_out is not None and str(json_out) == "-"
+    to_stdout = any(t.to_stdout for t in targets)
     out_console = Console(stderr=to_stdout)
     show_progress = not quiet and err_console.is_terminal
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # job schedulers stop with SIGTERM
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err_console, disable=not show_progress, transient=True)
     task = progress.add_task("scan", total=None)
-    jsonl = JsonlWriter(jsonl_out) if jsonl_out else None
+    jsonl_target = next((t for t in targets if t.option == "--jsonl"), None)
+    jsonl = JsonlWriter(jsonl_target.path) if jsonl_target else None
+    failures: list[WriteFailure] = []
+
+    def stream_failed(exc: OSError) -> None:
+        nonlocal jsonl
+        failures.append(WriteFailure(jsonl_target, exc.strerror or str(exc)))
+        jsonl.close()
+        jsonl = None  # the scan goes on; --json/--csv still get every result
+
+    def on_total(n: int) -> None:
+        progress.update(task, total=n)
+        signals.scanning = True
+        if jsonl is not None:
+            try:
+                jsonl.open()  # truncated only now that the scan really starts
+            except OSError as exc:
+                stream_failed(exc)
 
     def on_item(item) -> None:
-        if jsonl:
-            jsonl.write(item)
+        if jsonl is not None:
+            try:
+                jsonl.write(item)
+            except OSError as exc:
+                stream_failed(exc)
+        if quiet and item.error is not None:  # -q still shows errors, one line per file
+            err_console.print(f"error: {safe_text(item.error['message'])} [{item.error['code']}]",
+                              markup=False, highlight=False, soft_wrap=True)
         progress.advance(task)
 
     try:
-        with progress, jsonl or contextlib.nullcontext():  # the writer opens its file on entering
-            result = run_scan(paths or [], ckpt, opts, from_file=from_file, on_item=on_item,
-                              on_total=lambda n: progress.update(task, total=n))
+        with progress:
+            result = run_scan(paths or [], ckpt, opts, from_file=from_file, on_item=on_item, on_total=on_total,
+                              stop=signals.stop, report_targets=targets)
     except MfclipError as exc:
         _fail(exc)
+    finally:
+        if jsonl is not None:
+            jsonl.close()
 
-    if json_out is not None:
-        if to_stdout:
-            sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
-        else:
-            write_json(result, json_out)
-    if csv_out is not None:
-        write_csv(result, csv_out)
+    failures += write_reports(result, targets)
     if not quiet:
         render_table(result, out_console)  # prints the summary line too
-        if result.interrupted:
-            err_console.print("[yellow]interrupted: the report holds the items finished so far[/]")
-    raise typer.Exit(int(exit_code_for(result.summary())))
+    interrupted_by = (signals.received[0] if signals.received else True) if result.interrupted else False
+    for f in failures:
+        err_console.print(f"error: {f.message()}", markup=False, highlight=False, soft_wrap=True)
+    if result.interrupted:
+        name = signal.Signals(signals.received[0]).name if signals.received else "SIGINT"
+        err_console.print(f"[yellow]interrupted ({name}): the reports hold the {len(result.items)} item(s) "
+                          f"finished so far (\"interrupted\": true)[/]", highlight=False)
+    code = exit_code_for(result.summary(), interrupted_by=interrupted_by, report_failed=bool(failures))
+    raise typer.Exit(int(code))
 
 
 @app.command()
@@ -372,6 +458,9 @@ def main() -> None:
     except MfclipError as exc:  # a core function raised outside a command's own handler
         err_console.print(f"[bold red]error:[/] {exc}")
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling (e.g. during imports)
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -536,6 +536,8 @@ def run_eval(opts: EvalOptions, progress: bool = False) -> EvalResult:
     device = resolve_device(opts.device)
     model, meta = load_checkpoint(opts.checkpoint, device=device)
     policy = crop_policy_from_meta(meta)
+    if not opts.calibrate:
+        threshold_from_meta(meta)  # a checkpoint without a valid threshold fails before any file is cropped
     records = read_dataset(opts.data, opts.layout)
     sets, notes = select_sets(opts, records, meta)
     evaluated = _unique_by_path([r for recs in sets.values() for r in recs])
@@ -567,10 +569,12 @@ def run_eval(opts: EvalOptions, progress: bool = False) -> EvalResult:
             notes.append("the checkpoint records no training-file hashes: overlap with its training data "
                          "was not checked")
 
-        threshold = {**(meta.get("threshold") or {}), "value": threshold_from_meta(meta), "source": "checkpoint"}
-        threshold.setdefault("method", "unknown")
         calibrated = None
-        if opts.calibrate:
+        if not opts.calibrate:  # calibrating chooses a new one: an old checkpoint without a threshold is fine
+            recorded = meta.get("threshold") if isinstance(meta.get("threshold"), dict) else {}
+            threshold = {**recorded, "value": threshold_from_meta(meta), "source": "checkpoint"}
+            threshold.setdefault("method", "unknown")
+        else:
             new_thr, calibrated, calib_hashes = calibrate_threshold(opts.calibrate, model, meta, opts, policy,
                                                                     device, bar)
             threshold = {**new_thr, "source": "calibrated"}

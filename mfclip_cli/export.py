@@ -233,6 +233,7 @@ def export_model(
     _check_target(out, overwrite, Path(checkpoint))
     fp16_method = _fp16_method() if fp16 else None  # fail before any work when fp16 cannot be made
     model, meta = load_checkpoint(checkpoint, device="cpu")
+    threshold_from_meta(meta), crop_policy_from_meta(meta)  # no decision rule, no export: fail before the work
     if text is True and model.text is None:
         raise MfclipError(
             f"{checkpoint} was saved without its text tower, so there is no text encoder to export; "
@@ -791,7 +792,6 @@ def _manifest(model: MFCLIP, meta: dict[str, Any], folder: Path, opset: int, tol
     if text_path is not None:
         text = {**_graph_entry(text_path),
                 "tokenizer": {"kind": type(model.tokenizer).__name__, "clip_arch": cfg.clip_arch}}
-    crop = meta.get("preprocess", {}).get("crop")
     return {
         "schema": MANIFEST_SCHEMA,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -803,7 +803,7 @@ def _manifest(model: MFCLIP, meta: dict[str, Any], folder: Path, opset: int, tol
         "threshold_source": meta.get("threshold"),
         "preprocess": cfg.preprocess.to_dict(),
         "crop": crop_policy_from_meta(meta).to_dict(),
-        "crop_source": "checkpoint" if crop else "default",
+        "crop_source": "checkpoint",
         "opset": opset,
         "exporter": EXPORTER,
         "versions": _versions(),

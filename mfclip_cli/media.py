@@ -7,6 +7,7 @@ hint for files whose content is unknown. Decoding never trusts a file: every fai
 
 from __future__ import annotations
 
+import errno
 import glob
 import io
 import math
@@ -116,6 +117,13 @@ def _read_head(path: str) -> bytes:
         return fh.read(_SNIFF_BYTES)
 
 
+def _sniff_or_none(path: str) -> Kind | None:
+    try:
+        return sniff_kind(_read_head(path))
+    except OSError:
+        return None
+
+
 def _classify(path: str) -> Kind | None:
     """Kind by content, else by extension (a broken file with an image name still becomes an item).
 
@@ -127,11 +135,12 @@ def _classify(path: str) -> Kind | None:
 # --------------------------------------------------------------------------------------------- walking
 
 
-def _walk_files(folder: str, visited: set[str], on_error) -> Iterator[str]:
+def _walk_files(folder: str, visited: set[str], on_error, on_bad_link=None) -> Iterator[str]:
     """Files under ``folder``, depth first in sorted name order, skipping dot-files and dot-folders.
 
     Folder symlinks are followed, but each real folder is entered once (``visited``), so symlink loops
-    end. ``on_error(path, exc)`` is called for folders that cannot be listed.
+    end. ``on_error(path, exc)`` is called for folders that cannot be listed, ``on_bad_link(path, exc)``
+    for symlinks that cannot be resolved (broken, or a loop of links).
     """
     real = os.path.realpath(folder)
     if real in visited:
@@ -150,10 +159,18 @@ def _walk_files(folder: str, visited: set[str], on_error) -> Iterator[str]:
         try:
             is_dir = entry.is_dir()  # follows symlinks; loops are cut by ``visited``
             is_file = not is_dir and entry.is_file()
-        except OSError:
+        except OSError as exc:  # ELOOP: a loop of symlinks
+            if on_bad_link is not None:
+                on_bad_link(path, exc)
             continue
+        if not is_dir and not is_file and entry.is_symlink() and on_bad_link is not None:
+            try:
+                os.stat(path)
+            except OSError as exc:
+                on_bad_link(path, exc)
+                continue
         if is_dir:
-            yield from _walk_files(path, visited, on_error)
+            yield from _walk_files(path, visited, on_error, on_bad_link)
         elif is_file:  # broken symlinks, sockets, fifos are not media
             yield path
 
@@ -195,10 +212,11 @@ def _translate_glob(parts: list[str]) -> re.Pattern[str]:
 class _Collector:
     """Accumulates items and errors across arguments; dedups by resolved path and guards symlink loops."""
 
-    def __init__(self) -> None:
+    def __init__(self, exclude: Iterable[str] = ()) -> None:
         self.items: list[InputItem] = []
         self.errors: list[InputError] = []
         self._seen_files: set[str] = set()
+        self._exclude = {os.path.realpath(p) for p in exclude}
 
     def _add(self, path: str, kind: Kind) -> None:
         key = os.path.realpath(path)
@@ -215,6 +233,15 @@ class _Collector:
         self.error(
             folder, "unreadable", f"{folder}: cannot list the folder ({reason}). Check its permissions."
         )
+
+    def bad_link(self, path: str, exc: OSError) -> None:
+        """A symlink under a folder that leads nowhere: an error item when it is a loop or has a media name."""
+        if exc.errno == errno.ELOOP:
+            self.error(path, "unreadable", f"{path}: symbolic link loop (the links point at each other). "
+                                           f"Remove or fix the link.")
+        elif kind_from_extension(path) is not None:
+            self.error(path, "not_found", f"{path}: broken symbolic link (its target does not exist). "
+                                          f"Restore the target or remove the link.")
 
     def add_named_file(self, path: str) -> None:
         """A file the user named: anything that is not media is reported, never skipped."""
@@ -236,6 +263,8 @@ class _Collector:
 
     def add_walked_file(self, path: str) -> bool:
         """A file found under a folder or by a pattern: non-media is skipped silently. True if media."""
+        if self._exclude and os.path.realpath(path) in self._exclude and _sniff_or_none(path) is None:
+            return False  # this scan's own report file (e.g. from the previous run), not an input
         hinted = kind_from_extension(path)
         try:
             kind = _classify(path)
@@ -251,7 +280,7 @@ class _Collector:
         return True
 
     def _add_walk(self, folder: str, visited: set[str]) -> int:
-        return sum(self.add_walked_file(p) for p in _walk_files(folder, visited, self._folder_error))
+        return sum(self.add_walked_file(p) for p in _walk_files(folder, visited, self._folder_error, self.bad_link))
 
     def add_folder(self, root: str) -> None:
         """Walk ``root`` recursively in sorted order; report it when it holds no media at all."""
@@ -297,7 +326,7 @@ class _Collector:
             first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
             root = "/".join(parts[:first]) or ("/" if pattern.startswith("/") else "")
             regex = _translate_glob(parts[first:])
-            for path in _walk_files(root or ".", set(), self._folder_error):
+            for path in _walk_files(root or ".", set(), self._folder_error, self.bad_link):
                 rel = os.path.relpath(path, root or ".").replace(os.sep, "/")
                 if regex.match(rel):
                     matched_any = True
@@ -309,6 +338,11 @@ class _Collector:
                     found += self._add_walk(match, set())
                 elif os.path.isfile(match):
                     found += self.add_walked_file(match)
+                elif os.path.islink(match):
+                    try:
+                        os.stat(match)
+                    except OSError as exc:
+                        self.bad_link(match, exc)
         if not matched_any:
             self.error(pattern, "not_found", f"{pattern}: the pattern matches no file or folder.")
         elif found == 0 and len(self.errors) == errors_before:
@@ -316,7 +350,11 @@ class _Collector:
 
 
 def _read_path_list(from_file: str) -> list[str]:
-    """Paths from a list file (one per line, blank lines ignored) or from stdin when ``from_file`` is "-"."""
+    """Paths from a list file (one per line) or from stdin when ``from_file`` is "-".
+
+    Each line is stripped of surrounding whitespace; blank lines and lines starting with ``#`` are skipped
+    (name a file that starts with "#" as ``./#name``).
+    """
     if from_file == "-":
         text = sys.stdin.read()
     else:
@@ -329,23 +367,26 @@ def _read_path_list(from_file: str) -> list[str]:
             )
         except (OSError, UnicodeDecodeError) as exc:
             raise MfclipError(f"Path list {from_file} cannot be read as UTF-8 text: {exc}.") from exc
-    return [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def collect_inputs(
-    paths: Iterable[str], from_file: str | None = None
+    paths: Iterable[str], from_file: str | None = None, exclude: Iterable[str] = ()
 ) -> tuple[list[InputItem], list[InputError]]:
     """Items for every media file named by ``paths`` (files, folders, glob patterns) and the list file.
 
     Folders are walked recursively in sorted name order; results keep the argument order and are
     deduplicated by resolved path (the first spelling wins). Files inside folders or matched by a pattern
     that are not media are skipped; a file named explicitly that is not media is an ``InputError``.
+    Files found in folders or by patterns that are ``exclude``d (the scan's report targets) are skipped
+    unless their content is media (then the caller refuses to overwrite them).
     Raises MfclipError when ``from_file`` itself cannot be read.
     """
     args = [os.fspath(p) for p in paths]
     if from_file is not None:
         args.extend(_read_path_list(from_file))
-    collector = _Collector()
+    collector = _Collector(exclude)
     for arg in args:
         collector.add_argument(arg)
     return collector.items, collector.errors
@@ -505,7 +546,15 @@ def _high_depth_grey_to_rgb(arr: np.ndarray, mode: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- videos
 
 
+def quiet_video_decoders() -> None:
+    """Keep FFmpeg's and OpenCV's own log lines off stderr (a broken stream is reported in the item's
+    ``video.warnings`` instead). Set before the first capture is opened; a value the user set wins."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+
 def _open_capture(path: str):
+    quiet_video_decoders()
     import cv2
 
     if not os.path.exists(path):
@@ -580,15 +629,39 @@ def iter_video_frames(
         raise ValueError(f"max_frames must be an integer >= 1, got {max_frames!r}")
     p = os.fspath(path)
     cap = _open_capture(p)
-    return _frames(cap, p, fps, every, max_frames)
+    return VideoFrames(cap, p, fps, every, max_frames)
+
+
+class VideoFrames:
+    """The frames :func:`iter_video_frames` yields; ``warnings`` (filled while iterating) says when the
+    stream broke off before the end the container declares, or a sampled frame could not be decoded."""
+
+    def __init__(self, cap, path: str, fps: float | None, every: int | None, max_frames: int | None):
+        self.warnings: list[str] = []
+        self._it = _frames(cap, path, fps, every, max_frames, self.warnings)
+
+    def __iter__(self) -> Iterator[VideoFrame]:
+        return self._it
+
+    def __next__(self) -> VideoFrame:
+        return next(self._it)
+
+
+# A stream that ends this many frames (and this share) short of the container's frame count is reported:
+# containers round their counts, so a frame or two missing is normal.
+_SHORT_STREAM_FRAMES = 3
+_SHORT_STREAM_SHARE = 0.02
 
 
 def _frames(
-    cap, path: str, fps: float | None, every: int | None, max_frames: int | None
+    cap, path: str, fps: float | None, every: int | None, max_frames: int | None, warnings: list[str]
 ) -> Iterator[VideoFrame]:
     import cv2
 
     container_fps = _container_fps(cap) or DEFAULT_VIDEO_FPS
+    count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    declared = int(count) if math.isfinite(count) and count > 0 else None
+    failed = 0
     index = 0
     kept = 0
     last_bucket = -1
@@ -626,7 +699,16 @@ def _frames(
                     kept += 1
                     if max_frames is not None and kept >= max_frames:
                         return
+                else:
+                    failed += 1
             index += 1
+        if failed:
+            warnings.append(f"{failed} sampled frame(s) could not be decoded (corrupt data in the stream)")
+        if declared is not None and declared - index >= max(_SHORT_STREAM_FRAMES, _SHORT_STREAM_SHARE * declared):
+            warnings.append(
+                f"decoding stopped at frame {index} of the {declared} the container declares (corrupt or "
+                f"truncated stream): only the first {index / container_fps:.1f} s were scored"
+            )
         if kept == 0:
             raise MediaError(
                 "no_frames",

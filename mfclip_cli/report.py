@@ -6,11 +6,14 @@ The single source of truth for the report format is here: ``SCHEMA_ID``, the dat
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 import math
 import os
+import sys
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mfclip_cli import __version__
+from mfclip_cli.errors import MfclipError
 from mfclip_cli.fsutil import atomic_write_json, atomic_write_text
 
 SCHEMA_ID = "mfclip.scan/1"
@@ -41,26 +45,86 @@ TIME_DECIMALS = 3
 
 CSV_COLUMNS = (
     "path", "kind", "status", "error_code", "score", "verdict", "face_index", "frame", "time_s",
-    "x1", "y1", "x2", "y2", "det_score", "face_score",
+    "x1", "y1", "x2", "y2", "det_score", "face_score", "path_b64",
 )  # fmt: skip
 
 
 class ExitCode(IntEnum):
-    """Exit status of ``mfclip scan`` (the other commands use OK and FATAL only)."""
+    """Exit status of ``mfclip scan`` (the other commands use OK and FATAL only).
+
+    Precedence when several apply: INTERRUPTED/TERMINATED > REPORT_FAILED > FLAGGED > READ_ERRORS > OK.
+    """
 
     OK = 0  # nothing flagged
     FLAGGED = 1  # at least one item's verdict is fake
-    FATAL = 2  # usage or fatal error: bad option, missing or incompatible weights
+    FATAL = 2  # usage or fatal error before scanning: bad option, bad weights, unusable report path
     READ_ERRORS = 3  # nothing flagged, but some inputs could not be read
+    REPORT_FAILED = 4  # the scan finished but a report could not be written (the others were)
+    INTERRUPTED = 130  # stopped by SIGINT (Ctrl-C), as shells report it: 128 + 2; partial report written
+    TERMINATED = 143  # stopped by SIGTERM (job schedulers): 128 + 15; partial report written
 
 
-def exit_code_for(summary: Mapping[str, int]) -> ExitCode:
-    """The scan's exit code from its summary: FLAGGED if any fake, else READ_ERRORS if any error, else OK."""
+def interrupted_exit_code(signum: int | None) -> ExitCode:
+    """The exit code of a scan stopped by signal ``signum`` (None: a KeyboardInterrupt, i.e. SIGINT)."""
+    return ExitCode.TERMINATED if signum == 15 else ExitCode.INTERRUPTED
+
+
+def exit_code_for(summary: Mapping[str, int], *, interrupted_by: int | None | bool = False,
+                  report_failed: bool = False) -> ExitCode:
+    """The scan's exit code: INTERRUPTED/TERMINATED when ``interrupted_by`` (a signal number, or True for
+    SIGINT), else REPORT_FAILED, else FLAGGED if any fake, else READ_ERRORS if any error, else OK."""
+    if interrupted_by is not False:
+        return interrupted_exit_code(None if interrupted_by is True else interrupted_by)
+    if report_failed:
+        return ExitCode.REPORT_FAILED
     if summary.get("fake", 0) > 0:
         return ExitCode.FLAGGED
     if summary.get("errors", 0) > 0:
         return ExitCode.READ_ERRORS
     return ExitCode.OK
+
+
+# --- paths that are not valid UTF-8 -------------------------------------------------------------
+
+
+def path_bytes(path: str) -> bytes:
+    """The bytes of a path as the OS gave them (Python keeps undecodable bytes as lone surrogates)."""
+    try:
+        return path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from surrogateescape
+        return path.encode("utf-8", "surrogatepass")
+
+
+def safe_text(text: str) -> str:
+    """``text`` as valid Unicode: bytes that were not UTF-8 become backslash escapes (``\\xff``).
+
+    Used for every path and message in reports and on the terminal; :func:`path_b64` keeps the exact bytes.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return path_bytes(text).decode("utf-8", "backslashreplace")
+
+
+def path_b64(path: str) -> str | None:
+    """Base64 of the path's exact bytes when they are not valid UTF-8 (else None: ``path`` is exact)."""
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return base64.b64encode(path_bytes(path)).decode("ascii")
+
+
+def _safe_json(obj: Any) -> Any:
+    """``obj`` with every string (keys too) made valid Unicode by :func:`safe_text`."""
+    if isinstance(obj, str):
+        return safe_text(obj)
+    if isinstance(obj, Mapping):
+        return {safe_text(str(k)): _safe_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_safe_json(v) for v in obj]
+    return obj
 
 
 def verdict_for(score: float, threshold: float, uncertain_band: float = 0.0) -> str:
@@ -180,8 +244,13 @@ class ItemResult:
             raise ValueError(
                 f"{where}: a read video needs video info (frames_read, frames_scored, aggregation)"
             )
-        if self.video is not None and set(self.video) != {"frames_read", "frames_scored", "aggregation"}:
-            raise ValueError(f"{where}: video info needs exactly frames_read, frames_scored, aggregation")
+        if self.video is not None and not (
+            {"frames_read", "frames_scored", "aggregation"} <= set(self.video)
+            <= {"frames_read", "frames_scored", "aggregation", "warnings"}
+        ):
+            raise ValueError(
+                f"{where}: video info needs frames_read, frames_scored, aggregation (and optional warnings)"
+            )
 
     @classmethod
     def failed(cls, path: str | os.PathLike, kind: str, code: str, message: str) -> ItemResult:
@@ -189,14 +258,20 @@ class ItemResult:
         return cls(path=str(path), kind=kind, status="error", error={"code": code, "message": message})
 
     def to_json(self) -> dict[str, Any]:
-        """The item's entry in the report (also one line of the JSONL stream)."""
+        """The item's entry in the report (also one line of the JSONL stream).
+
+        ``path`` is always valid Unicode (undecodable bytes as ``\\xNN`` escapes); when the file name is not
+        valid UTF-8, ``path_b64`` (base64 of the exact bytes) follows it so no result loses its file.
+        """
+        exact = path_b64(self.path)
         return {
-            "path": self.path,
+            "path": safe_text(self.path),
+            **({"path_b64": exact} if exact is not None else {}),
             "kind": self.kind,
             "status": self.status,
             "error": None
             if self.error is None
-            else {"code": self.error["code"], "message": self.error["message"]},
+            else {"code": self.error["code"], "message": safe_text(self.error["message"])},
             "score": _round(self.score, SCORE_DECIMALS),
             "verdict": self.verdict,
             "faces": [f.to_json() for f in self.faces],
@@ -207,6 +282,11 @@ class ItemResult:
                     "frames_read": int(self.video["frames_read"]),
                     "frames_scored": int(self.video["frames_scored"]),
                     "aggregation": str(self.video["aggregation"]),
+                    **(
+                        {"warnings": [safe_text(str(w)) for w in self.video["warnings"]]}
+                        if self.video.get("warnings")
+                        else {}
+                    ),
                 }
             ),
         }
@@ -265,11 +345,11 @@ class ScanResult:
             "schema": SCHEMA_ID,
             "tool": {"name": self.tool.name, "version": self.tool.version},
             "model": {
-                "path": str(self.model.path),
+                "path": safe_text(str(self.model.path)),
                 "sha256": self.model.sha256,
                 "threshold": _round(self.model.threshold, SCORE_DECIMALS),
             },
-            "settings": dict(self.settings),
+            "settings": _safe_json(dict(self.settings)),
             "started_at": format_utc(self.started_at),
             "finished_at": format_utc(self.finished_at),
             "interrupted": bool(self.interrupted),
@@ -299,12 +379,13 @@ def _csv_rows(result: ScanResult) -> Iterable[list[Any]]:
     for item in result.items:
         j = item.to_json()
         head = [j["path"], j["kind"], j["status"], (j["error"] or {}).get("code"), j["score"], j["verdict"]]
+        tail = [cell(j.get("path_b64"))]
         if not j["faces"]:
-            yield [cell(x) for x in head] + [""] * (len(CSV_COLUMNS) - len(head))
+            yield [cell(x) for x in head] + [""] * (len(CSV_COLUMNS) - len(head) - 1) + tail
         for k, f in enumerate(j["faces"]):
             yield [
                 cell(x) for x in head + [k, f["frame"], f["time_s"], *f["box"], f["det_score"], f["score"]]
-            ]
+            ] + tail
 
 
 def write_csv(result: ScanResult, path: str | os.PathLike) -> None:
@@ -320,26 +401,45 @@ class JsonlWriter:
     """Streams one JSON line per item as it finishes (``with JsonlWriter(p) as w: w.write(item)``).
 
     Unlike the JSON and CSV reports this file grows during the scan, so a reader can follow it; each
-    line goes out in a single unbuffered write, so a crash leaves only whole lines behind. The file is
-    truncated on open unless ``append=True``.
+    line goes out in unbuffered writes, and a write that fails (full disk) is rolled back to the last
+    whole line, so the file only ever holds whole lines. The file is created (truncated unless
+    ``append=True``) by :meth:`open` or the first :meth:`write`, never before: a scan that fails or is
+    stopped during start-up leaves an older stream untouched.
     """
 
     def __init__(self, path: str | os.PathLike, append: bool = False):
         self.path = Path(path)
         self.append = append
         self._fh: io.RawIOBase | None = None
+        self._end = 0  # bytes of whole lines in the file
 
     def __enter__(self) -> Self:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "ab" if self.append else "wb", buffering=0)
         return self
 
+    def open(self) -> None:
+        """Create (or truncate, or open for appending) the file now; does nothing when already open."""
+        if self._fh is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "ab" if self.append else "wb", buffering=0)  # noqa: SIM115 - closed by close()
+        self._end = self._fh.seek(0, os.SEEK_END)
+
     def write(self, item: ItemResult) -> None:
-        """Append ``item`` as one line."""
-        if self._fh is None:
-            raise RuntimeError("JsonlWriter.write called outside its `with` block")
+        """Append ``item`` as one line; on OSError the partial line is removed and the error re-raised."""
+        self.open()
         line = (json.dumps(item.to_json(), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        view = memoryview(line)
+        try:
+            self._write_bytes(line)
+        except OSError:
+            try:
+                self._fh.truncate(self._end)
+            except OSError:  # the line stays cut; readers skip a last line without its newline
+                pass
+            raise
+        self._end += len(line)
+
+    def _write_bytes(self, data: bytes) -> None:
+        view = memoryview(data)
         while view:  # a raw write may be partial; finish the line before anything else
             view = view[self._fh.write(view) :]
 
@@ -354,6 +454,153 @@ class JsonlWriter:
         self.close()
 
 
+# --- report targets ------------------------------------------------------------------------------
+# The one place that names where reports go and checks those paths: against each other, against the
+# file system (before the scan starts) and against the scan's inputs (before anything is written).
+
+STDOUT = "-"
+
+
+@dataclass(frozen=True)
+class ReportTarget:
+    """One report a scan writes: the option that asked for it (``--json``…) and its path ("-": stdout)."""
+
+    option: str
+    path: str
+
+    @property
+    def to_stdout(self) -> bool:
+        return self.path == STDOUT
+
+    def describe(self) -> str:
+        return f"{self.option} {safe_text(self.path)}"
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def _check_writable_target(t: ReportTarget) -> None:
+    path = t.path
+    if os.path.isdir(path):
+        raise MfclipError(f"{t.describe()}: is a folder; give a file name for the report (e.g. {path}/report"
+                          f"{Path(path).suffix or '.' + t.option.lstrip('-')}).")
+    if os.path.lexists(path) and not os.path.exists(path):
+        raise MfclipError(f"{t.describe()}: is a broken symbolic link; remove it or choose another report path.")
+    parent = os.path.dirname(os.path.abspath(path))
+    existing = parent
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise MfclipError(f"{t.describe()}: {existing} is a file, not a folder, so the report cannot be "
+                          f"written there. Choose another report path.")
+    try:
+        os.makedirs(parent, exist_ok=True)  # the writers create it anyway; failing now costs no scan
+        fd, probe = tempfile.mkstemp(prefix=".mfclip-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MfclipError(f"{t.describe()}: cannot write in {parent} ({_reason(exc)}). Choose a writable "
+                          f"folder for the report.") from None
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise MfclipError(f"{t.describe()}: the file exists and is not writable. Choose another report path.")
+
+
+def plan_report_targets(json_out: str | os.PathLike | None = None, csv_out: str | os.PathLike | None = None,
+                        jsonl_out: str | os.PathLike | None = None,
+                        path_list: str | None = None) -> list[ReportTarget]:
+    """The reports a scan will write, checked before it starts: each target is a writable file path (not a
+    folder, its folder writable), no two targets are the same file, none is the ``--from-file`` list.
+    Only ``--json`` may be "-" (stdout). Raises MfclipError naming the option and path."""
+    targets = [ReportTarget(opt, os.fspath(p)) for opt, p in
+               (("--json", json_out), ("--csv", csv_out), ("--jsonl", jsonl_out)) if p is not None]
+    for t in targets:
+        if not t.path:
+            raise MfclipError(f"{t.option} needs a file path")
+        if t.to_stdout and t.option != "--json":
+            raise MfclipError(f"{t.option} cannot write to stdout ('-'); only --json can. Give a file path.")
+    files = [t for t in targets if not t.to_stdout]
+    for i, a in enumerate(files):
+        for b in files[i + 1:]:
+            if _same_file(a.path, b.path):
+                raise MfclipError(f"{a.describe()} and {b.describe()} are the same file: one report would "
+                                  f"overwrite the other. Give each report its own path.")
+        if path_list is not None and path_list != STDOUT and _same_file(a.path, path_list):
+            raise MfclipError(f"{a.describe()} is the --from-file list itself; writing the report would "
+                              f"destroy it. Choose another report path.")
+        _check_writable_target(a)
+    return targets
+
+
+def check_targets_against_inputs(targets: Sequence[ReportTarget], inputs: Iterable[str]) -> None:
+    """Refuse report targets that are one of the scan's inputs (a file named, or found in a scanned folder):
+    writing the report would destroy it. Called once inputs are collected, before any report is opened."""
+    files = [t for t in targets if not t.to_stdout and os.path.lexists(t.path)]
+    if not files:
+        return
+    keys = {}
+    for t in files:
+        keys.setdefault(os.path.realpath(t.path), t)
+    for path in inputs:
+        real = os.path.realpath(path)
+        t = keys.get(real)
+        if t is None and os.path.lexists(path):
+            t = next((f for f in files if _same_file(f.path, path)), None) if _maybe_hardlink(path) else None
+        if t is not None:
+            raise MfclipError(f"{t.describe()}: is one of the scanned inputs ({safe_text(path)}); writing the "
+                              f"report would destroy it. Write reports outside the scanned files.")
+
+
+def _maybe_hardlink(path: str) -> bool:
+    try:
+        return os.stat(path).st_nlink > 1
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class WriteFailure:
+    """A report that could not be written, and why (the OS's words)."""
+
+    target: ReportTarget
+    reason: str
+
+    def message(self) -> str:
+        return (f"could not write the {self.target.describe()} report: {self.reason}. The other reports "
+                f"(if any) hold every result; free space or choose another path and rerun.")
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def write_reports(result: ScanResult, targets: Sequence[ReportTarget], stdout: io.TextIOBase | None = None
+                  ) -> list[WriteFailure]:
+    """Write every --json and --csv target (--jsonl streams during the scan); returns the ones that failed.
+
+    One failing target (full disk, read-only file system, vanished folder) never stops the others.
+    """
+    failures = []
+    for t in targets:
+        try:
+            if t.option == "--json" and t.to_stdout:
+                out = stdout if stdout is not None else sys.stdout
+                out.write(json.dumps(result.to_json(), indent=2) + "\n")
+                out.flush()
+            elif t.option == "--json":
+                write_json(result, t.path)
+            elif t.option == "--csv":
+                write_csv(result, t.path)
+        except OSError as exc:
+            failures.append(WriteFailure(t, _reason(exc)))
+    return failures
+
+
 # --- Rich rendering ------------------------------------------------------------------------------
 
 _VERDICT_STYLE = {"fake": "bold red", "real": "green", "uncertain": "yellow"}
@@ -365,8 +612,8 @@ def _display_path(path: str) -> str:
     try:
         rel = os.path.relpath(path)
     except ValueError:  # another drive (Windows)
-        return path
-    return rel if not rel.startswith("..") else path
+        return safe_text(path)
+    return safe_text(rel if not rel.startswith("..") else path)
 
 
 def render_table(result: ScanResult, console: Console, max_rows: int = 50) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -24,7 +24,16 @@ from .faces import crop_faces, make_detector
 from .faces.types import CropPolicy, Face
 from .media import InputItem, collect_inputs, decode_image, iter_video_frames, shard
 from .model.preprocess import PreprocessConfig, prepare_batch
-from .report import FaceResult, ItemResult, ModelInfo, ScanResult, utc_now, verdict_for
+from .report import (
+    FaceResult,
+    ItemResult,
+    ModelInfo,
+    ReportTarget,
+    ScanResult,
+    check_targets_against_inputs,
+    utc_now,
+    verdict_for,
+)
 from .runtime import Backend, load_backend
 
 NO_FACE_POLICIES = ("skip", "full")
@@ -58,8 +67,21 @@ class ScanOptions:
             raise MfclipError("--batch-size and --workers must be at least 1")
         if not 0.0 < self.video_top_frac <= 1.0:
             raise MfclipError("--video-top must be in (0, 1]")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise MfclipError("--threshold must be in [0, 1]")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails too
+            raise MfclipError(f"--threshold must be a number in [0, 1], got {self.threshold}")
+        if not 0.0 <= self.uncertain_band <= 0.5:
+            raise MfclipError(f"--uncertain-band must be in [0, 0.5] (a distance between probabilities), "
+                              f"got {self.uncertain_band}")
+        if self.max_faces is not None and self.max_faces < 1:
+            raise MfclipError(f"--max-faces must be at least 1 (omit it to score every face), got {self.max_faces}")
+        if self.min_face is not None and self.min_face < 0:
+            raise MfclipError(f"--min-face must be >= 0 pixels, got {self.min_face}")
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise MfclipError(f"--fps must be a positive number of frames per second (e.g. 1 or 0.5), got {self.fps}")
+        if self.frames is not None and self.frames < 1:
+            raise MfclipError(f"--frames must be at least 1 sampled frame per video, got {self.frames}")
+        if self.max_pixels < 1:
+            raise MfclipError(f"--max-pixels must be at least 1, got {self.max_pixels}")
 
 
 def resolved_workers(opts: ScanOptions) -> int:
@@ -84,6 +106,7 @@ class _Prepared:
     noise: np.ndarray | None = None
     frames_read: int = 0
     frames_with_faces: int = 0
+    warnings: list[str] = field(default_factory=list)  # e.g. a video whose stream breaks off
     error: tuple[str, str] | None = None
 
 
@@ -116,13 +139,15 @@ class _Preparer:
                     crops.append(crop)
                 out.frames_with_faces = int(bool(crops))
             else:
-                for frame in iter_video_frames(item.path, fps=self.opts.fps, max_frames=self.opts.frames):
+                frames = iter_video_frames(item.path, fps=self.opts.fps, max_frames=self.opts.frames)
+                for frame in frames:
                     out.frames_read += 1
                     pairs = self._crops(frame.image)
                     out.frames_with_faces += int(bool(pairs))
                     for face, crop in pairs:
                         out.faces.append((face, frame.index, frame.time_s))
                         crops.append(crop)
+                out.warnings.extend(frames.warnings)
             if crops:
                 out.image, out.noise = prepare_batch(crops, self.pre)
         except MediaError as exc:
@@ -159,7 +184,8 @@ def _finish(p: _Prepared, scores: np.ndarray, threshold: float, opts: ScanOption
         score = None
         if per_frame:
             score, agg = aggregate_video(list(per_frame.values()), opts.video_top_frac)
-        video = {"frames_read": p.frames_read, "frames_scored": len(per_frame), "aggregation": agg}
+        video = {"frames_read": p.frames_read, "frames_scored": len(per_frame), "aggregation": agg,
+                 "warnings": list(p.warnings)}
     else:
         score = max((fr.score for fr in faces), default=None)
     if score is None:
@@ -179,11 +205,14 @@ def run_scan(
     on_total: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
     backend: Backend | None = None,
+    report_targets: Sequence[ReportTarget] = (),
 ) -> ScanResult:
     """Scan ``paths``; ``on_item`` sees each result as it finishes (in input order).
 
     Ctrl-C (KeyboardInterrupt) or ``stop`` ends the scan early with ``interrupted=True`` and every item
-    finished so far. Usage errors (bad weights, bad options) raise MfclipError before any file is read.
+    finished so far. Usage errors (bad weights, bad options, a report target that is one of the inputs)
+    raise MfclipError before any file is read and before ``on_total``, which marks the start of the scan
+    (the moment a caller may open its report streams).
     """
     started = utc_now()
     backend = backend or scan_backend(weights, opts)
@@ -194,20 +223,23 @@ def run_scan(
                                **({"min_face": opts.min_face} if opts.min_face is not None else {}),
                                **({"detector": opts.detector} if opts.detector is not None else {})})
     threshold = info.threshold if opts.threshold is None else opts.threshold
-    items, input_errors = collect_inputs(paths, from_file=from_file)
+    items, input_errors = collect_inputs(paths, from_file=from_file,
+                                         exclude=[t.path for t in report_targets if not t.to_stdout])
     if opts.shard is not None:
         k, n = opts.shard
         items = shard(items, k, n)
         # Inputs that failed to resolve belong to one shard too, else N machines would each report them.
         input_errors = [e for i, e in enumerate(sorted(input_errors, key=lambda e: e.path)) if i % n == k - 1]
+    check_targets_against_inputs(report_targets, [i.path for i in items] + [e.path for e in input_errors])
+    total = len(items) + len(input_errors)
+    if on_total:
+        on_total(total)
     results: list[ItemResult] = []
     for err in input_errors:
         r = ItemResult.failed(err.path, "image", err.code, err.message)
         results.append(r)
         if on_item:
             on_item(r)
-    if on_total:
-        on_total(len(items) + len(input_errors))
 
     preparer = _Preparer(opts, policy, info.preprocess)
     interrupted = False
@@ -218,12 +250,12 @@ def run_scan(
             results.append(result)
             if on_item:
                 on_item(result)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         interrupted = True
     finally:
         pool.shutdown(wait=not interrupted, cancel_futures=True)
-    if stop is not None and stop.is_set():
-        interrupted = True
+    # a stop that came after the last item leaves a complete scan
+    interrupted = interrupted or len(results) < total
 
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()}
     settings.update(workers=workers, threshold=threshold, crop=policy.to_dict(), preprocess=info.preprocess.to_dict(),
@@ -233,6 +265,22 @@ def run_scan(
         settings=settings, started_at=started, finished_at=utc_now(), items=results,
         interrupted=interrupted,
     )
+
+
+class _Stopped(Exception):
+    """``stop`` was set while the scan waited for work."""
+
+
+def _wait(fut: Future, stop: threading.Event | None):
+    """``fut.result()``, giving up (raising _Stopped) soon after ``stop`` is set."""
+    if stop is None:
+        return fut.result()
+    while True:
+        try:
+            return fut.result(timeout=0.1)
+        except TimeoutError:
+            if stop.is_set():
+                raise _Stopped from None
 
 
 def _classify_in_order(items: list[InputItem], preparer: _Preparer, pool: ThreadPoolExecutor, workers: int,
@@ -277,7 +325,7 @@ def _classify_in_order(items: list[InputItem], preparer: _Preparer, pool: Thread
         """Results of finished head batches, waiting for the head while more than ``limit`` are queued."""
         while batches and (len(batches) > limit or batches[0][2] is None or batches[0][2].done()):
             group, with_faces, fut = batches.popleft()
-            flat = fut.result() if fut is not None else np.zeros(0)
+            flat = _wait(fut, stop) if fut is not None else np.zeros(0)
             scores, offset = {}, 0
             for p in with_faces:
                 scores[id(p)] = flat[offset:offset + len(p.faces)]
@@ -300,7 +348,8 @@ def _classify_in_order(items: list[InputItem], preparer: _Preparer, pool: Thread
     while prep_q:
         if stop is not None and stop.is_set():
             return
-        prepared = prep_q.popleft().result()
+        prepared = _wait(prep_q[0], stop)
+        prep_q.popleft()
         refill()
         pending.append(prepared)
         pending_faces += len(prepared.faces)

@@ -608,7 +608,9 @@ def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback
     out.mkdir(parents=True, exist_ok=True)
     if not resume and _rank() == 0:  # under torchrun rank 0 alone writes; the others would see its file
         existing = out / "config.json"
-        if existing.exists():
+        # a run that failed before its first checkpoint (bad data, Ctrl-C while cropping) left only its
+        # config: nothing to resume or lose, so a rerun starts over instead of being blocked
+        if existing.exists() and any(out.rglob("*.safetensors")):
             raise MfclipError(f"{out} already holds a training run; use --resume {out} or another --out")
         atomic_write_json(out / "config.json", {"options": opts.to_dict(),
                                                 "model": model_config_for(opts).to_dict(),

@@ -131,8 +131,83 @@ def test_exit_code_for_summary(counts, code):
 
 
 def test_exit_codes_are_the_documented_numbers():
-    assert [int(c) for c in R.ExitCode] == [0, 1, 2, 3]
+    assert [int(c) for c in R.ExitCode] == [0, 1, 2, 3, 4, 130, 143]
     assert R.exit_code_for(make_result().summary()) == 1
+
+
+def test_interrupt_and_report_failure_outrank_the_verdicts():
+    flagged = make_result().summary()
+    assert R.exit_code_for(flagged, report_failed=True) == R.ExitCode.REPORT_FAILED == 4
+    assert R.exit_code_for(flagged, interrupted_by=True, report_failed=True) == 130  # Ctrl-C
+    assert R.exit_code_for({}, interrupted_by=2) == 130 and R.exit_code_for({}, interrupted_by=15) == 143
+
+
+def test_non_utf8_file_name_is_kept_exactly_in_every_report(tmp_path, schema):
+    import base64
+    import os
+
+    raw = b"d/bad\xff name.jpg"
+    path = os.fsdecode(raw)  # how Python hands such a name over: a lone surrogate
+    item = R.ItemResult(path, "image", "error", error={"code": "truncated", "message": f"{path}: truncated"})
+    doc = make_result(items=[item]).to_json()
+    json.dumps(doc).encode("utf-8")  # strictly encodable now
+    validate(doc, schema)
+    [j] = doc["items"]
+    assert j["path"] == "d/bad\\xff name.jpg" and base64.b64decode(j["path_b64"]) == raw
+    assert j["error"]["message"].startswith("d/bad\\xff name.jpg")
+    assert "path_b64" not in make_result().to_json()["items"][0]  # valid UTF-8 names keep the old shape
+    R.write_csv(make_result(items=[item]), tmp_path / "r.csv")
+    with open(tmp_path / "r.csv", newline="", encoding="utf-8") as fh:
+        [row] = list(csv.DictReader(fh))
+    assert base64.b64decode(row["path_b64"]) == raw
+    with R.JsonlWriter(tmp_path / "r.jsonl") as w:
+        w.write(item)
+    assert json.loads((tmp_path / "r.jsonl").read_text("utf-8")) == j
+
+
+def test_jsonl_failure_mid_line_leaves_only_whole_lines(tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "s.jsonl"
+    items = make_result().items
+    calls = {"n": 0}
+    real = R.JsonlWriter._write_bytes
+
+    def full_disk_after_two(self, data):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            real(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(R.JsonlWriter, "_write_bytes", full_disk_after_two)
+    with R.JsonlWriter(out) as w:
+        w.write(items[0])
+        w.write(items[1])
+        with pytest.raises(OSError, match="No space"):
+            w.write(items[2])
+    lines = out.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 3  # two whole lines, no half line
+    assert [json.loads(x)["path"] for x in lines[:2]] == [items[0].path, items[1].path]
+
+
+def test_jsonl_file_is_not_touched_until_the_stream_opens(tmp_path):
+    out = tmp_path / "old.jsonl"
+    out.write_text("old line\n")
+    with R.JsonlWriter(out):
+        pass  # start-up failed: nothing written
+    assert out.read_text() == "old line\n"
+
+
+def test_video_warnings_are_reported_only_when_present(schema):
+    video = {"frames_read": 3, "frames_scored": 0, "aggregation": "no frame had a face",
+             "warnings": ["decoding stopped at frame 3 of the 40 the container declares"]}
+    item = R.ItemResult("v.mp4", "video", "no_face", video=video)
+    doc = make_result(items=[item]).to_json()
+    validate(doc, schema)
+    assert doc["items"][0]["video"]["warnings"] == video["warnings"]
+    quiet = R.ItemResult("v.mp4", "video", "no_face", video={**video, "warnings": []})
+    assert "warnings" not in quiet.to_json()["video"]
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,13 @@ the README command and Ctrl-C run as real subprocesses.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,6 +184,14 @@ def test_bad_inputs_become_error_items_and_exit_3(scan_checkpoint, scan_astronau
     (bad / "loop_a").symlink_to(bad / "loop_b")
     (bad / "loop_b").symlink_to(bad / "loop_a")
     (bad / "empty_folder").mkdir()
+    walked = bad / "walked"  # found by walking a folder, not named: still reported
+    walked.mkdir()
+    (walked / "gone.jpg").symlink_to(walked / "deleted.jpg")
+    (walked / "loop_c").symlink_to(walked / "loop_d")
+    (walked / "loop_d").symlink_to(walked / "loop_c")
+    non_utf8 = os.fsdecode(os.fsencode(str(bad)) + b"/trunc\xff.jpg")  # a name that is not UTF-8
+    with open(non_utf8, "wb") as fh:
+        fh.write(good_jpeg[: len(good_jpeg) // 3])
     good = write_jpeg(scan_astronaut, tmp_path / "dossier été" / "visage 顔 ok.jpg")
 
     # Tests run as root, for whom chmod 000 changes nothing: simulate the kernel's refusal instead.
@@ -205,7 +215,9 @@ def test_bad_inputs_become_error_items_and_exit_3(scan_checkpoint, scan_astronau
         "loop_a": {"unreadable"},
         "empty_folder": {"no_media"},
     }
-    args = [bad / name for name in expected] + [good]
+    args = [bad / name for name in expected] + [walked, non_utf8, good]
+    expected |= {"gone.jpg": {"not_found"}, "loop_c": {"unreadable"}, "loop_d": {"unreadable"},
+                 "trunc\\xff.jpg": {"truncated"}}  # fmt: skip
     report, code = scan_json(tmp_path, *args, "--weights", scan_checkpoint, "--threshold", "1.0")
 
     items = by_name(report)
@@ -216,6 +228,8 @@ def test_bad_inputs_become_error_items_and_exit_3(scan_checkpoint, scan_astronau
         assert item["error"]["code"] in codes, (name, item["error"])
         assert item["error"]["message"], name
     assert items[good.name]["status"] == "ok" and items[good.name]["path"] == str(good)
+    assert os.fsdecode(base64.b64decode(items["trunc\\xff.jpg"]["path_b64"])) == non_utf8  # lossless
+    assert "symbolic link loop" in items["loop_c"]["error"]["message"]
     assert report["summary"]["errors"] == len(expected) and report["summary"]["fake"] == 0
     assert code == 3
 
@@ -368,7 +382,7 @@ def test_ctrl_c_writes_a_valid_partial_report(scan_checkpoint, scan_astronaut, t
     assert report["interrupted"] is True
     assert 1 <= report["summary"]["items"] < n
     assert all(i["status"] == "ok" for i in report["items"])
-    assert code == exit_code_for(report["summary"])
+    assert code == exit_code_for(report["summary"], interrupted_by=signal.SIGINT) == 130  # not 0 or 1
 
 
 def test_scores_and_order_do_not_depend_on_workers_or_batch_size(scan_checkpoint, scan_astronaut, tmp_path):
@@ -429,3 +443,336 @@ def test_cpu_classify_tasks_are_small_so_every_worker_shares_the_tail(scan_check
     assert sum(n for n, _ in calls) == faces
     assert max(n for n, _ in calls) <= CPU_TASK_FACES < 32
     assert len(calls) >= math.ceil(faces / CPU_TASK_FACES)
+
+
+# ------------------------------------------------------------- issue #15: hostile or unlucky users
+
+
+def make_checkpoint(tmp_path: Path, name: str, meta_patch=None, raw_meta: str | None = None) -> Path:
+    """A copy of a tiny checkpoint whose mfclip metadata is patched (``meta_patch(meta)``) or replaced."""
+    from safetensors.torch import load_file, save_file
+
+    from mfclip_cli.faces.types import CropPolicy
+    from mfclip_cli.model import build_model, load_preset, save_checkpoint
+
+    base = tmp_path / "base.safetensors"
+    if not base.exists():
+        model = build_model(load_preset("tiny"), seed=0)
+        save_checkpoint(base, model, meta={"threshold": {"value": 0.5, "method": "test"},
+                                           "preprocess": {**model.cfg.preprocess.to_dict(),
+                                                          "crop": CropPolicy().to_dict()}})
+    from safetensors import safe_open
+
+    with safe_open(str(base), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["mfclip"])
+    if meta_patch is not None:
+        meta_patch(meta)
+    out = tmp_path / name
+    save_file(load_file(str(base)), str(out), metadata={"mfclip": raw_meta if raw_meta is not None else json.dumps(meta)})
+    return out
+
+
+def assert_clean_error(result, *needles: str, code: int = 2) -> None:
+    """Exit ``code``, no traceback, an ``error:`` line containing every needle."""
+    assert result.exit_code == code, (result.exit_code, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "error:" in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+
+
+def test_non_utf8_file_name_keeps_every_report(scan_checkpoint, tmp_path):
+    """#15.1: `cp astronaut.jpg d/bad\\xff.jpg; mfclip scan d --json/--csv/--jsonl` writes all three."""
+    d = tmp_path / "d"
+    d.mkdir()
+    name = os.fsdecode(os.fsencode(str(d)) + b"/bad\xff.jpg")
+    with open(name, "wb") as fh:
+        fh.write((EXAMPLES / "astronaut.jpg").read_bytes())
+    out = {k: tmp_path / f"r.{k}" for k in ("json", "csv", "jsonl")}
+    result = run_cli(d, "--weights", scan_checkpoint, "--json", out["json"], "--csv", out["csv"],
+                     "--jsonl", out["jsonl"])  # not quiet: the table prints the name too
+    assert result.exit_code in (0, 1), result.stderr
+    report = json.loads(out["json"].read_text("utf-8"))
+    validate_report(report)
+    [item] = report["items"]
+    assert item["status"] == "ok" and item["path"].endswith("bad\\xff.jpg")
+    assert os.fsdecode(base64.b64decode(item["path_b64"])) == name  # the exact file, recoverable
+    assert [json.loads(x) for x in out["jsonl"].read_text("utf-8").splitlines()] == [item]
+    rows = list(csv.DictReader(io.StringIO(out["csv"].read_text("utf-8"))))
+    assert rows[0]["path_b64"] == item["path_b64"]
+    assert "1 item" in result.stdout  # the table rendered the name (folded) without an encoding error
+
+
+def test_sigterm_mid_scan_exits_143_with_partial_report(scan_checkpoint, scan_astronaut, tmp_path):
+    """#15.2: an interrupted scan never exits 0; SIGTERM gives 143 and "interrupted": true."""
+    source = write_jpeg(scan_astronaut, tmp_path / "source.jpg")
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(100):
+        os.link(source, many / f"img_{i:03d}.jpg")
+    report_path, jsonl_path = tmp_path / "report.json", tmp_path / "items.jsonl"
+    cmd = [sys.executable, "-m", "mfclip_cli", "scan", str(many), "--weights", str(scan_checkpoint),
+           "--workers", "1", "--batch-size", "1", "--threshold", "1.0", "--json", str(report_path),
+           "--jsonl", str(jsonl_path), "-q"]  # threshold 1: nothing flagged, the old code exited 0
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (jsonl_path.exists() and jsonl_path.read_bytes().count(b"\n") >= 1):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read().decode()
+    assert code == 143 and "Traceback" not in stderr and "SIGTERM" in stderr, (code, stderr)
+    report = json.loads(report_path.read_text("utf-8"))
+    validate_report(report)
+    assert report["interrupted"] is True and 1 <= report["summary"]["items"] < 100
+
+
+def _signal_handler_installed(pid: int, signum: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (signum - 1)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to see the handler")
+def test_signal_during_start_up_exits_cleanly_and_truncates_nothing(scan_checkpoint, tmp_path):
+    """#15.2: SIGTERM while the model loads: 143, one message, no traceback, the old --jsonl untouched."""
+    old = tmp_path / "old.jsonl"
+    old.write_text('{"previous": "scan"}\n')
+    cmd = [sys.executable, "-m", "mfclip_cli", "scan", str(EXAMPLES), "--weights", str(scan_checkpoint),
+           "--jsonl", str(old), "--json", str(tmp_path / "r.json"), "-q"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not _signal_handler_installed(proc.pid, signal.SIGTERM):  # scan's handler is in place
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)  # torch import / model load take seconds: still starting up
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read().decode()
+    assert code == 143 and "Traceback" not in stderr and "before the scan started" in stderr, (code, stderr)
+    assert old.read_text() == '{"previous": "scan"}\n' and not (tmp_path / "r.json").exists()
+
+
+def test_report_targets_are_checked_before_scanning(scan_checkpoint, tmp_path, monkeypatch):
+    """#15.3: a folder, a path under a file, a read-only folder: exit 2 before any work, naming the path."""
+    import errno
+    import tempfile
+
+    jsonl = tmp_path / "items.jsonl"
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert_clean_error(run_cli(EXAMPLES / "cat.jpg", "--weights", scan_checkpoint, "--json", folder,
+                               "--jsonl", jsonl), "--json", str(folder), "is a folder")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert_clean_error(run_cli(EXAMPLES / "cat.jpg", "--weights", scan_checkpoint, "--csv", afile / "r.csv",
+                               "--jsonl", jsonl), "--csv", "is a file, not a folder")
+
+    def read_only(*a, **kw):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert_clean_error(run_cli(EXAMPLES / "cat.jpg", "--weights", scan_checkpoint, "--json", tmp_path / "r.json",
+                               "--jsonl", jsonl), "--json", "Read-only file system")
+    assert not jsonl.exists()  # nothing was scanned or written
+
+
+def test_full_disk_on_jsonl_mid_scan_still_writes_the_json_report(scan_checkpoint, tmp_path, monkeypatch):
+    """#15.3 fault injection: the --jsonl target fails after 2 lines (ENOSPC, half a line written); the
+    scan goes on, --json gets every item, the stream keeps whole lines only, exit 4 names --jsonl."""
+    import errno
+
+    from mfclip_cli import report as R
+
+    real = R.JsonlWriter._write_bytes
+    calls = {"n": 0}
+
+    def full_disk(self, data):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            real(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(R.JsonlWriter, "_write_bytes", full_disk)
+    report_path, jsonl_path = tmp_path / "r.json", tmp_path / "r.jsonl"
+    result = run_cli(EXAMPLES, "--weights", scan_checkpoint, "--json", report_path, "--jsonl", jsonl_path, "-q")
+    assert_clean_error(result, "--jsonl", str(jsonl_path), "No space left on device", code=4)
+    report = json.loads(report_path.read_text("utf-8"))
+    validate_report(report)
+    assert report["summary"]["items"] == 4 and report["interrupted"] is False
+    lines = jsonl_path.read_bytes().split(b"\n")
+    assert len(lines) == 3 and lines[-1] == b""  # two whole lines, the half line rolled back
+    assert [json.loads(x) for x in lines[:2]] == report["items"][:2]
+
+
+def test_a_failing_report_does_not_lose_the_others(scan_checkpoint, tmp_path, monkeypatch):
+    """#15.3: the --csv writer fails (e.g. disk full) after the scan: --json is still written, exit 4."""
+    import errno
+
+    from mfclip_cli import report as R
+
+    def no_space(result, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(R, "write_csv", no_space)
+    report_path = tmp_path / "r.json"
+    result = run_cli(EXAMPLES / "cat.jpg", "--weights", scan_checkpoint, "--csv", tmp_path / "r.csv",
+                     "--json", report_path, "-q")
+    assert_clean_error(result, "--csv", "No space left on device", code=4)
+    assert json.loads(report_path.read_text("utf-8"))["summary"]["items"] == 1
+
+
+def test_report_options_never_destroy_inputs(scan_checkpoint, tmp_path):
+    """#15.4: a report onto an input (walked or named), two reports on one file: exit 2, inputs intact."""
+    d = tmp_path / "d"
+    d.mkdir()
+    a = d / "a.jpg"
+    a.write_bytes((EXAMPLES / "astronaut.jpg").read_bytes())
+    original = a.read_bytes()
+    cat = tmp_path / "cat.jpg"
+    cat.write_bytes((EXAMPLES / "cat.jpg").read_bytes())
+    assert_clean_error(run_cli(d, "--weights", scan_checkpoint, "--jsonl", a), "--jsonl", "is one of the scanned inputs")
+    assert_clean_error(run_cli(d, cat, "--weights", scan_checkpoint, "--json", cat), "--json", "scanned inputs")
+    x = tmp_path / "X"
+    assert_clean_error(run_cli(d, "--weights", scan_checkpoint, "--json", x, "--csv", x), "same file")
+    assert a.read_bytes() == original and cat.read_bytes() == (EXAMPLES / "cat.jpg").read_bytes()
+    assert not x.exists()
+    # reports inside the scanned folder are never scanned, not even on the next run (media-like names too)
+    for _ in range(2):
+        report, _ = scan_json(d, d, "--weights", scan_checkpoint, "--jsonl", d / "items.jsonl",
+                              "--csv", d / "faces.jpg", name="report.json")
+        assert [os.path.basename(i["path"]) for i in report["items"]] == ["a.jpg"]
+
+
+def _copy_onnx_export(tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "onnx"
+    shutil.copytree(REPO / "weights" / "mfclip_default_onnx", dst)
+    return dst
+
+
+def _patch_manifest(folder: Path, patch) -> None:
+    path = folder / "manifest.json"
+    m = json.loads(path.read_text())
+    patch(m)
+    path.write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        (lambda m, f: m["image_encoder"]["fp32"].update(file="../../../etc/shadow"), "points outside the model folder"),
+        (lambda m, f: m["image_encoder"]["fp32"].update(file="/etc/passwd"), "points outside the model folder"),
+        (lambda m, f: (os.symlink("/etc/passwd", f / "link.onnx"), m["image_encoder"]["fp32"].update(file="link.onnx")),
+         "symbolic link leading outside"),
+        (lambda m, f: m["image_encoder"]["fp32"].update(sha256="0" * 64), "modified or replaced after export"),
+        (lambda m, f: m.update(threshold=-3), "outside [0, 1]"),
+        (lambda m, f: m.update(threshold="0.5"), "not a finite number"),
+        (lambda m, f: m.pop("crop"), "no 'crop'"),
+    ],
+    ids=["dotdot", "absolute", "symlink-out", "sha256-mismatch", "threshold-negative", "threshold-string", "no-crop"],
+)
+def test_exported_model_folder_cannot_point_outside_itself(tmp_path, patch, needle):
+    """#15.5/#15.6: manifest paths stay in their folder, the graph's sha256 is checked, metadata validated."""
+    folder = _copy_onnx_export(tmp_path)
+    _patch_manifest(folder, lambda m: patch(m, folder))
+    result = run_cli(EXAMPLES / "cat.jpg", "--backend", "onnx", "--model", folder)
+    assert_clean_error(result, needle, str(folder))
+    assert "bytes" not in result.stderr  # nothing about a file outside the folder is disclosed
+
+
+@pytest.mark.parametrize(
+    ("patch", "raw", "needle"),
+    [
+        (lambda m: m.update(threshold={"value": 7.5}), None, "outside [0, 1]"),
+        (lambda m: m.update(threshold=-3), None, "outside [0, 1]"),
+        (lambda m: m.pop("threshold"), None, "no decision threshold"),
+        (lambda m: m["preprocess"].pop("crop"), None, "no face-crop policy"),
+        (lambda m: m.update(threshold={"value": "0.5"}), None, "not a finite number"),
+        (lambda m: m.pop("model"), None, "'model'"),
+        (None, "not json {", "not valid JSON"),
+        (None, "[1, 2]", "not an object"),
+    ],
+    ids=["threshold-7.5", "threshold-negative", "no-threshold", "no-crop", "string-threshold", "no-model",
+         "not-json", "a-list"],
+)
+def test_checkpoint_metadata_is_validated(tmp_path, patch, raw, needle):
+    """#15.6: one validator for torch, ONNX, eval and export: bad metadata is exit 2 with a message."""
+    from mfclip_cli.errors import CheckpointError
+    from mfclip_cli.export import export_model
+
+    if raw is not None and "format_version" not in raw:
+        ckpt = make_checkpoint(tmp_path, "bad.safetensors", raw_meta=raw)
+    else:
+        ckpt = make_checkpoint(tmp_path, "bad.safetensors", meta_patch=patch)
+    assert_clean_error(run_cli(EXAMPLES / "cat.jpg", "--weights", ckpt), needle, str(ckpt))
+    with pytest.raises(CheckpointError, match=re.escape(needle)):
+        export_model(str(ckpt), str(tmp_path / "export"))
+    assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--uncertain-band", "-1"], "--uncertain-band"),
+        (["--max-faces", "0"], "--max-faces"),
+        (["--fps", "0"], "--fps"),
+        (["--frames", "0"], "--frames"),
+        (["--threshold", "nan"], "--threshold"),
+        (["--backend", "torch", "--model", "{tmp}"], "--model DIR"),
+        (["--model", "{tmp}"], "--backend onnx"),
+    ],
+    ids=["band-negative", "max-faces-0", "fps-0", "frames-0", "threshold-nan", "model-with-torch", "model-with-auto"],
+)
+def test_bad_option_values_exit_2_with_one_line(scan_checkpoint, tmp_path, args, needle):
+    """#15.7: options that scored nothing, broke every video or were silently ignored are usage errors."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = run_cli(EXAMPLES / "cat.jpg", "--weights", scan_checkpoint, *args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
+
+
+def test_video_corrupt_in_the_middle_is_ok_with_a_warning_and_quiet_decoder(scan_checkpoint, scan_astronaut, tmp_path):
+    """#15.8: a stream that breaks off is scored on the frames before the break, and says so; under -q the
+    decoder's own complaints do not reach stderr."""
+    clip = write_video(scan_astronaut, tmp_path / "clip.mp4", seconds=4.0, fps=10)
+    data = clip.read_bytes()
+    n = len(data)
+    (tmp_path / "broken.mp4").write_bytes(data[: n // 2] + bytes(n // 4) + data[n // 2 + n // 4:])
+    report_path = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "mfclip_cli", "scan", str(tmp_path / "broken.mp4"), "--weights",
+           str(scan_checkpoint), "--fps", "10", "--json", str(report_path), "-q"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode in (0, 1, 3), proc.stderr
+    report = json.loads(report_path.read_text("utf-8"))
+    validate_report(report)
+    [item] = report["items"]
+    assert item["status"] in ("ok", "no_face"), item
+    assert item["video"]["frames_read"] < 40
+    assert any("decoding stopped at frame" in w for w in item["video"]["warnings"])
+    assert proc.stderr == "", proc.stderr  # no "[mpeg4 @ 0x…]" lines
+
+
+def test_quiet_prints_per_file_errors_and_from_file_skips_comments(scan_checkpoint, tmp_path):
+    """#15.8: -q shows errors ("only errors", as its help says); --from-file skips # lines and padding."""
+    listing = tmp_path / "list.txt"
+    missing = tmp_path / "missing.jpg"
+    listing.write_text(f"# my scan list\n\n   {EXAMPLES / 'cat.jpg'}  \n\t{missing}\n", encoding="utf-8")
+    report, code = scan_json(tmp_path, "--from-file", listing, "--weights", scan_checkpoint)
+    assert [os.path.basename(i["path"]) for i in report["items"]] == ["missing.jpg", "cat.jpg"]
+    assert code == 3
+    result = run_cli("--from-file", listing, "--weights", scan_checkpoint, "-q")
+    assert result.exit_code == 3 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error:") and str(missing) in line and "not_found" in line

@@ -226,3 +226,19 @@ def test_lora_run_saves_a_merged_checkpoint_with_trained_adapters(tmp_path, trai
     assert not any("lora" in k for k in trained)
     assert set(trained) == set(fresh)
     assert not torch.equal(trained[TEXT_KEY], fresh[TEXT_KEY])
+
+
+def test_a_failed_run_does_not_block_its_rerun(tmp_path):
+    """#15.8: a run that failed before its first checkpoint leaves only config.json; the rerun is not
+    refused as "already holds a training run" (it fails, here, on the same bad data again)."""
+    from typer.testing import CliRunner
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "no_such_data"), "--out", str(out), "--preset", "tiny", "-q"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 2 and (out / "config.json").exists()  # the stub a failed start leaves
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 2 and "already holds a training run" not in second.stderr, second.stderr
+    (out / "best.safetensors").write_bytes(b"")  # a real run's folder is still protected
+    third = CliRunner().invoke(app, args)
+    assert third.exit_code == 2 and "already holds a training run" in third.stderr

@@ -16,6 +16,7 @@ from ..fsutil import atomic_write_bytes, sha256_file
 from .build import build_model
 from .config import ModelConfig
 from .lora import has_lora, merge_lora
+from .metadata import parse_meta_json, validate_checkpoint_meta
 from .mfclip import MFCLIP
 
 FORMAT_VERSION = 1
@@ -75,13 +76,13 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         ) from exc
     if raw is None:
         raise CheckpointError(f"{path} is a safetensors file but not an mfclip checkpoint (no '{META_KEY}' metadata)")
-    meta = json.loads(raw)
+    meta = parse_meta_json(raw, str(path))
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {version}, this mfclip ({__version__}) reads format {FORMAT_VERSION}"
         )
-    return meta
+    return validate_checkpoint_meta(meta, str(path))
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
@@ -90,7 +91,15 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     from safetensors.torch import load_file
 
     meta = read_checkpoint_meta(path)
-    cfg = ModelConfig.from_dict(meta["model"])
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any malformed architecture record is the file's fault
+        raise CheckpointError(
+            f"{path}: its architecture record ('model') is malformed ({type(exc).__name__}: {exc}). "
+            f"Use a checkpoint written by `mfclip train`."
+        ) from None
     if expect is not None and _arch_key(expect) != _arch_key(cfg):
         raise CheckpointError(
             f"{path} holds a '{cfg.preset}' model ({_describe(cfg)}) but '{expect.preset}' "

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..cpus import usable_cpus
 from ..errors import MfclipError
-from ..faces.types import CropPolicy
-from ..model.preprocess import PreprocessConfig
+from ..fsutil import sha256_file
+from ..model.metadata import validate_manifest
 from . import ModelInfo
 
 MANIFEST_NAME = "manifest.json"
@@ -78,6 +78,26 @@ def read_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
             f"{path} has schema {found!r}; this mfclip reads {MANIFEST_SCHEMA!r}. {_REEXPORT}"
         )
     return manifest
+
+
+def confined_file(folder: Path, name: object, key: str) -> Path:
+    """``folder / name`` when it stays inside ``folder`` once resolved; a manifest entry that is absolute,
+    climbs out with ``..`` or goes through a symlink leaving the folder is refused before anything is opened."""
+    where = folder / MANIFEST_NAME
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise MfclipError(f"{where}: {key} must be a file name inside the folder, got {name!r}. {_REEXPORT}")
+    if os.path.isabs(name) or ".." in Path(name).parts:
+        raise MfclipError(
+            f"{where}: {key} {name!r} points outside the model folder (absolute or '..' paths are refused). "
+            f"An exported folder only names its own files. {_REEXPORT}"
+        )
+    root = folder.resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(root):
+        raise MfclipError(
+            f"{where}: {key} {name!r} is a symbolic link leading outside the model folder; refused. {_REEXPORT}"
+        )
+    return folder / name
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -149,7 +169,8 @@ class OnnxBackend:
             raise MfclipError(f"unknown ONNX variant {variant!r}; valid: {', '.join(IMAGE_ENCODER_FILES)}")
         folder = Path(model_dir)
         self.manifest = manifest = read_manifest(folder)
-        graph = manifest.get("image_encoder", {}).get(variant)
+        threshold, preprocess, crop = validate_manifest(manifest, str(folder / MANIFEST_NAME))
+        graph = manifest["image_encoder"].get(variant)
         if graph is None:
             present = ", ".join(manifest.get("image_encoder", {})) or "none"
             flag = {"fp32": "", "int8": " --int8", "fp16": " --fp16"}[variant]
@@ -157,7 +178,7 @@ class OnnxBackend:
                 f"{folder} has no {variant} image encoder (it holds: {present}). "
                 f"Re-run `mfclip export CHECKPOINT --out {folder}{flag} --overwrite`."
             )
-        path = folder / graph["file"]
+        path = confined_file(folder, graph["file"], f"image_encoder.{variant}.file")
         if not path.is_file():
             raise MfclipError(f"{path} is missing from the exported model folder. {_REEXPORT}")
         size = path.stat().st_size
@@ -166,16 +187,21 @@ class OnnxBackend:
                 f"{path} is {size} bytes but the manifest says {graph['bytes']}: the file is truncated or "
                 f"was replaced. {_REEXPORT}"
             )
+        digest = sha256_file(path)
+        if digest != graph["sha256"].lower():
+            raise MfclipError(
+                f"{path} has sha256 {digest[:16]}… but the manifest records {graph['sha256'][:16]}…: the graph "
+                f"was modified or replaced after export, so it is not loaded. {_REEXPORT}"
+            )
         self.session, run_device = open_session(path, device, threads)
         names = tuple(i.name for i in self.session.get_inputs())
         if names != IMAGE_INPUTS:
             raise MfclipError(f"{path} has inputs {names}, expected {IMAGE_INPUTS}. {_REEXPORT}")
         self.variant = variant
-        ckpt = manifest.get("checkpoint", {})
+        ckpt = manifest.get("checkpoint") or {}
         self.info = ModelInfo(
-            path=str(folder), sha256=str(ckpt.get("sha256", "")), threshold=float(manifest["threshold"]),
-            preprocess=PreprocessConfig.from_dict(manifest["preprocess"]),
-            crop=CropPolicy.from_dict(manifest["crop"]) if manifest.get("crop") else CropPolicy(),
+            path=str(folder), sha256=str(ckpt.get("sha256", "")), threshold=threshold,
+            preprocess=preprocess, crop=crop,
             backend="onnx", device=run_device,
             extra={"variant": variant, "graph": graph["file"], "preset": ckpt.get("preset"),
                    "providers": self.session.get_providers(), "opset": manifest.get("opset")},

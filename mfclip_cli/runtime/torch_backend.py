@@ -7,20 +7,18 @@ import torch
 
 from ..faces.types import CropPolicy
 from ..model.checkpoint import load_checkpoint
+from ..model.metadata import checkpoint_crop_policy, checkpoint_threshold
 from . import ModelInfo, resolve_device
 
 
 def crop_policy_from_meta(meta: dict) -> CropPolicy:
-    """The checkpoint's crop policy (default policy when a checkpoint predates it)."""
-    crop = meta.get("preprocess", {}).get("crop")
-    return CropPolicy.from_dict(crop) if crop else CropPolicy()
+    """The checkpoint's crop policy; a checkpoint without a valid one is a CheckpointError."""
+    return checkpoint_crop_policy(meta, str(meta.get("path", "the checkpoint")))
 
 
 def threshold_from_meta(meta: dict) -> float:
-    thr = meta.get("threshold")
-    if isinstance(thr, dict):
-        return float(thr.get("value", 0.5))
-    return 0.5 if thr is None else float(thr)
+    """The checkpoint's decision threshold, a number in [0, 1]; missing or invalid is a CheckpointError."""
+    return checkpoint_threshold(meta, str(meta.get("path", "the checkpoint")))
 
 
 class TorchBackend:
