@@ -46,10 +46,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                  "sampling", PARITY),
     "C-parity-sbi": ("B + self-blended pseudo-fakes (a quarter of the reals)", [*PARITY, "--pseudo-fakes", "sbi"]),
     "D-parity-npr": ("B with NPR residuals in the noise branch instead of SRM", [*PARITY, "--noise-residual", "npr"]),
-    "E-parity-sbi-npr": ("B + self-blended pseudo-fakes + NPR residuals",
-                         [*PARITY, "--pseudo-fakes", "sbi", "--noise-residual", "npr"]),
-    "F-parity-sbi-image": ("C with the image branch alone (no noise branch)",
-                           [*PARITY, "--pseudo-fakes", "sbi", "--branches", "image"]),
+    "E-parity-colournorm": ("B with each crop's channels standardised over the face (brightness, contrast and "
+                            "colour cast removed: benchmarks/cues.py found them pointing the wrong way)",
+                            [*PARITY, "--colour-norm", "per-crop"]),
+    "F-parity-colournorm-sbi": ("E + self-blended pseudo-fakes",
+                                [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi"]),
 }
 
 

@@ -259,6 +259,7 @@ def train(
     prompt_levels: Annotated[str | None, typer.Option(help="Prompt levels used, e.g. 1,2,3,4")] = None,
     lora_rank: Annotated[int | None, typer.Option(help="LoRA rank on the CLIP towers (0 = off).")] = None,
     noise_residual: Annotated[str | None, typer.Option(help="What the noise branch reads: srm (SRM bank) | npr (x - up(down(x)) residuals).")] = None,
+    colour_norm: Annotated[str | None, typer.Option(help="Image-branch input: fixed (preset mean/std) | per-crop (each channel standardised over the face, so brightness, contrast and colour cast carry no signal).")] = None,
     image_init: Annotated[str | None, typer.Option(help="Image tower start for timm presets: efficientnet-lite0 (ImageNet) | random.")] = None,
     freeze_image: Annotated[bool, typer.Option(help="Freeze the image tower.")] = False,
     freeze_text: Annotated[bool, typer.Option(help="Freeze the text tower.")] = False,
@@ -296,7 +297,7 @@ def train(
             if not data or out is None:
                 raise MfclipError("train needs --data ROOT and --out RUN_DIR (or --resume RUN_DIR)")
             overrides = {"spa": spa, "branches": branches, "fusion": fusion, "lora_rank": lora_rank,
-                         "noise_residual": noise_residual,
+                         "noise_residual": noise_residual, "colour_norm": colour_norm,
                          "pretrained": clip_weights, "image_init": image_init,
                          "prompt_levels": tuple(int(x) for x in prompt_levels.split(",")) if prompt_levels else None}
             opts = TrainOptions(

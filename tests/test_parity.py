@@ -194,3 +194,34 @@ def test_unknown_training_choices_fail_before_anything_is_written(tmp_path):
         with pytest.raises(MfclipError):
             run_training(opts)
         assert not (tmp_path / "run" / "config.json").exists()
+
+
+# --- per-crop colour normalisation -----------------------------------------------------------------------
+def test_per_crop_colour_norm_ignores_brightness_contrast_and_colour_cast(read_crop, face_paths):
+    from mfclip_cli.model.preprocess import PreprocessConfig, prepare_batch
+
+    crop = read_crop(face_paths["real/london_faceset"][4])
+    cfg = PreprocessConfig(mask="ellipse", colour_norm="per-crop")
+    changed = np.clip(crop.astype(np.float32) * np.array([0.7, 0.8, 0.9]) + 25, 0, 255).round().astype(np.uint8)
+    a, noise_a = prepare_batch([crop], cfg)
+    b, _ = prepare_batch([changed], cfg)
+    assert np.abs(a - b).max() < 0.05  # uint8 rounding only
+    fixed, noise_f = prepare_batch([crop], PreprocessConfig(mask="ellipse"))
+    assert np.abs(prepare_batch([changed], PreprocessConfig(mask="ellipse"))[0] - fixed).max() > 0.3
+    assert np.array_equal(noise_a, noise_f)  # the noise branch still reads the raw patch
+    from mfclip_cli.model.preprocess import face_mask
+
+    keep = face_mask(224, "ellipse")
+    assert np.allclose(a[0][:, keep].mean(axis=1), 0, atol=1e-4)
+    assert np.allclose(a[0][:, keep].std(axis=1), 0.5, atol=1e-3)
+    assert np.all(a[0][:, ~keep] == 0)
+
+
+def test_colour_norm_travels_in_the_model_config():
+    cfg = load_preset("tiny").with_overrides(colour_norm="per-crop")
+    assert cfg.preprocess.colour_norm == "per-crop"
+    from mfclip_cli.model.config import ModelConfig
+
+    assert ModelConfig.from_dict(cfg.to_dict()).preprocess.colour_norm == "per-crop"
+    with pytest.raises(ValueError, match="colour normalisation"):
+        load_preset("tiny").with_overrides(colour_norm="auto")

@@ -135,6 +135,8 @@ class ModelConfig:
         if "lora_rank" in clean:
             rank = clean.pop("lora_rank")
             clean["lora"] = None if rank <= 0 else LoraConfig(rank=rank, alpha=2 * rank)
+        if "colour_norm" in clean:
+            clean["preprocess"] = replace(self.preprocess, colour_norm=clean.pop("colour_norm"))
         if "noise_residual" in clean:
             clean["noise"] = replace(self.noise, residual=clean.pop("noise_residual"))
         return replace(self, **clean)

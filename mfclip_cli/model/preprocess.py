@@ -14,6 +14,8 @@ import numpy as np
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MASKS = ("none", "ellipse")
+COLOUR_NORMS = ("fixed", "per-crop")
+PER_CROP_STD = 0.5  # per-crop standardised channels get this spread, that of a natural image under mean = std = 0.5
 ELLIPSE_AXES = (0.36, 0.46)  # semi-axes as fractions of the crop side (x, y)
 
 
@@ -28,10 +30,16 @@ class PreprocessConfig:
     # "ellipse": pixels outside a centred face ellipse are zeroed for every input, so the framing (black
     # borders of tight source crops, background) is the same for every source and cannot be learned.
     mask: str = "none"
+    # "fixed": every channel shifted and scaled by ``mean`` / ``std``. "per-crop": each channel of each crop
+    # standardised over the kept (in-mask) pixels, so global brightness, contrast and colour cast, which differ
+    # between photo sources and point different ways in different data sets, carry no signal.
+    colour_norm: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.mask not in MASKS:
             raise ValueError(f"unknown preprocessing mask {self.mask!r}; valid: {', '.join(MASKS)}")
+        if self.colour_norm not in COLOUR_NORMS:
+            raise ValueError(f"unknown colour normalisation {self.colour_norm!r}; valid: {', '.join(COLOUR_NORMS)}")
 
     @property
     def patch_size(self) -> int:
@@ -44,7 +52,7 @@ class PreprocessConfig:
     def from_dict(d: dict) -> PreprocessConfig:
         return PreprocessConfig(
             size=int(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]), grid=int(d["grid"]),
-            mask=str(d.get("mask", "none")),
+            mask=str(d.get("mask", "none")), colour_norm=str(d.get("colour_norm", "fixed")),
         )
 
 
@@ -122,6 +130,22 @@ def prepare_batch(crops: list[np.ndarray], cfg: PreprocessConfig) -> tuple[np.nd
         idx = select_richest_patch(crop, grid)
         r, c = divmod(idx, grid)
         noises[i] = out[:, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw]
-        out -= mean
-        out /= std
+        if cfg.colour_norm == "per-crop":
+            _standardise_channels(out, keep)
+        else:
+            out -= mean
+            out /= std
     return images, noises
+
+
+def _standardise_channels(chw: np.ndarray, keep: np.ndarray | None) -> None:
+    """In place: each channel minus its mean over the kept pixels, times PER_CROP_STD / its std there;
+    pixels outside the mask end at 0."""
+    flat = chw.reshape(3, -1)
+    sel = flat if keep is None else flat[:, keep.ravel()]
+    mu = sel.mean(axis=1, keepdims=True)
+    sd = sel.std(axis=1, keepdims=True)
+    flat -= mu
+    flat *= PER_CROP_STD / np.maximum(sd, 1e-3)
+    if keep is not None:
+        flat[:, ~keep.ravel()] = 0.0
