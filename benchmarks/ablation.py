@@ -42,12 +42,12 @@ PARITY = ["--parity", "on", "--balance", "sources", "--augment", "light"]
 # name -> (what it tests, extra `mfclip train` flags). Shared flags are in common_flags().
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "A-strongaug": ("previous recipe: crop-level JPEG / down-up / blur re-drawn for most images", ["--augment", "strong"]),
-    "B-parity": ("parity chain before cropping (face size, JPEG history, 256² q90 share, grey share), source-balanced "
-                 "sampling", PARITY),
+    "B-parity": (("parity chain before cropping (face size, JPEG history, 256² q90 share, grey share), "
+                  "source-balanced sampling"), PARITY),
     "C-parity-sbi": ("B + self-blended pseudo-fakes (a quarter of the reals)", [*PARITY, "--pseudo-fakes", "sbi"]),
     "D-parity-npr": ("B with NPR residuals in the noise branch instead of SRM", [*PARITY, "--noise-residual", "npr"]),
-    "E-parity-colournorm": ("B with each crop's channels standardised over the face (brightness, contrast and "
-                            "colour cast removed: benchmarks/cues.py found them pointing the wrong way)",
+    "E-parity-colournorm": (("B with each crop's channels standardised over the face (brightness, contrast and "
+                             "colour cast removed: benchmarks/cues.py found them pointing the wrong way)"),
                             [*PARITY, "--colour-norm", "per-crop"]),
     "F-parity-colournorm-sbi": ("E + self-blended pseudo-fakes",
                                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi"]),
@@ -180,8 +180,8 @@ def markdown(results: list[dict], args: argparse.Namespace, cmdline: str) -> str
     lines += ["", "What each variant changes (flags on top of the shared ones):", ""]
     lines += [f"- `{r['variant']}`: {r['what']} — `{' '.join(r['flags'])}`" for r in results]
     lines += ["", "Shared: `mfclip train " + " ".join(common_flags(args, shown=True)) + " --out RUN`", "",
-              "Median P(fake) per source on the suite (score distributions; the plots are in "
-              "`benchmarks/results/ablation/`):", ""]
+              ("Median P(fake) per source on the suite (score distributions; the plots are in "
+               "`benchmarks/results/ablation/`):"), ""]
     groups = sorted({(s, g) for r in results for s, cell in r["sets"].items() for g in cell.get("distribution", {})})
     lines.append("| variant | " + " | ".join(f"{s.split('_vs_')[0]}…: {g}" for s, g in groups) + " |")
     lines.append("|---|" + "---|" * len(groups))

@@ -25,13 +25,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mfclip_cli.data.crops import CropCache, prepare_crops  # noqa: E402
-from mfclip_cli.data.layouts import read_dataset  # noqa: E402
-from mfclip_cli.evaluate import score_entries  # noqa: E402
-from mfclip_cli.faces.types import CropPolicy  # noqa: E402
-from mfclip_cli.model import load_checkpoint  # noqa: E402
-from mfclip_cli.model.preprocess import face_mask  # noqa: E402
-from mfclip_cli.paths import cache_dir  # noqa: E402
+from mfclip_cli.data.crops import CropCache, prepare_crops
+from mfclip_cli.data.layouts import read_dataset
+from mfclip_cli.evaluate import score_entries
+from mfclip_cli.faces.types import CropPolicy
+from mfclip_cli.model import load_checkpoint
+from mfclip_cli.model.preprocess import face_mask
+from mfclip_cli.paths import cache_dir
 
 PROPERTIES = ("face_px", "sharpness", "saturation", "brightness", "greyness")
 
