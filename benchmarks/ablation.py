@@ -14,8 +14,9 @@ Per variant the script also keeps each suite set's score distribution (median P(
 per generator) and draws it (benchmarks/results/ablation/<variant>.png): a set below 0.5 AUC means some cue
 points the wrong way there (see benchmarks/cues.py).
 
-Resumable: a variant whose run folder holds test_metrics.json is only re-scored; a half-finished one
-continues with `mfclip train --resume`. Results also go to benchmarks/results/ablation.json.
+Resumable: a variant already in ablation.json whose run folder holds test_metrics.json is kept (``--rescore``
+scores it again), one whose run finished is only scored, and a half-finished one continues with
+`mfclip train --resume`. Results also go to benchmarks/results/ablation.json.
 """
 
 from __future__ import annotations
@@ -204,6 +205,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--rescore", action="store_true", help="score variants again even if ablation.json has them")
     ap.add_argument("--markdown", type=Path, default=ROOT / "benchmarks" / "ablation.md")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "ablation.json")
     args = ap.parse_args()
@@ -218,6 +220,8 @@ def main() -> None:
     previous = json.loads(args.json.read_text())["results"] if args.json.is_file() else []
     results = {r["variant"]: r for r in previous if r["variant"] in VARIANTS}
     for name in names:
+        if name in results and not args.rescore and (Path(args.out) / name / "test_metrics.json").is_file():
+            continue  # trained and scored by an earlier invocation
         run = train_variant(name, args)
         results[name] = score_variant(name, run, args)
         # rewrite after every variant: a long sweep leaves a readable table at each step
