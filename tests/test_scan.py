@@ -608,7 +608,7 @@ def test_full_disk_on_jsonl_mid_scan_still_writes_the_json_report(scan_checkpoin
     assert_clean_error(result, "--jsonl", str(jsonl_path), "No space left on device", code=4)
     report = json.loads(report_path.read_text("utf-8"))
     validate_report(report)
-    assert report["summary"]["items"] == 4 and report["interrupted"] is False
+    assert report["summary"]["items"] == 6 and report["interrupted"] is False
     lines = jsonl_path.read_bytes().split(b"\n")
     assert len(lines) == 3 and lines[-1] == b""  # two whole lines, the half line rolled back
     assert [json.loads(x) for x in lines[:2]] == report["items"][:2]
