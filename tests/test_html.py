@@ -292,3 +292,33 @@ def test_patch_index_is_the_patch_the_noise_input_was_cut_from():
     for k, crop in enumerate(crops):
         x1, y1, x2, y2 = patch_box(int(patches[k]), 224, 2)
         assert np.allclose(noise[k], crop[y1:y2, x1:x2].transpose(2, 0, 1) / 255.0)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_scan_writes_the_page_marked_interrupted(tmp_path):
+    import sys
+    import time
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(60):
+        os.link(EXAMPLES / "astronaut.jpg", many / f"img_{i:03d}.jpg")
+    page, jsonl = tmp_path / "partial.html", tmp_path / "items.jsonl"
+    cmd = [sys.executable, "-m", "mfclip_cli", "scan", str(many), "--workers", "1", "--batch-size", "1",
+           "--html", str(page), "--jsonl", str(jsonl), "-q"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (jsonl.exists() and jsonl.read_bytes().count(b"\n") >= 1):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 143, proc.stderr.read().decode()
+    rows = parse_page(page).rows
+    assert 1 <= len(rows) < 60
+    assert len(rows) == jsonl.read_bytes().count(b"\n")
+    assert "Interrupted: this report holds only the items finished" in page.read_text(encoding="utf-8")
