@@ -215,14 +215,15 @@ def test_page_renders_in_headless_chromium(examples_run, tmp_path):
 # -------------------------------------------------------------------------------------- explanations
 
 
-def heat_mass_in_box(face: dict, image_shape: tuple[int, int]) -> float:
-    """Share of a face's heat (read from its heatmap PNG, mapped into the image) inside its box."""
+def heat_mass_in_box(face: dict, image_shape: tuple[int, int], uniform: bool = False) -> float:
+    """Share of a face's heat (read from its heatmap PNG, mapped into the image) inside its box;
+    ``uniform``: the share an evenly spread heat over the whole crop would have (the baseline)."""
     import cv2
 
     e = face["explanation"]
     raw = cv2.imread(e["heatmap_png"], cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint16 and raw.shape == (e["crop_size"], e["crop_size"])
-    heat = raw.astype(np.float64)
+    heat = np.ones(raw.shape) if uniform else raw.astype(np.float64)
     h, w = image_shape
     in_image = cv2.warpAffine(heat, np.asarray(e["crop_to_image"]), (w, h), flags=cv2.INTER_LINEAR)
     x1, y1, x2, y2 = (round(v) for v in face["box"])
@@ -250,7 +251,8 @@ def test_explain_puts_the_heat_on_the_face(tmp_path, backend, method):
     assert (e["method"], e["backend"]) == (method, backend)
     assert e["target"] == ("fake" if face["score"] >= report["model"]["threshold"] else "real")
     image = cv2.imread(str(EXAMPLES / "astronaut.jpg"))
-    assert heat_mass_in_box(face, image.shape[:2]) > 0.5
+    share, even = heat_mass_in_box(face, image.shape[:2]), heat_mass_in_box(face, image.shape[:2], uniform=True)
+    assert share > 0.5 and share > even + 0.1, (share, even)  # most heat on the face, and more than chance puts there
     overlay = cv2.imread(e["overlay_png"])
     assert overlay.shape == (e["crop_size"], e["crop_size"], 3)
     x1, y1, x2, _y2 = e["patch_box"]
