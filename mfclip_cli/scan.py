@@ -24,6 +24,7 @@ from .faces import crop_faces, make_detector
 from .faces.types import CropPolicy, Face
 from .media import InputItem, collect_inputs, decode_image, iter_video_frames, shard
 from .model.preprocess import PreprocessConfig, prepare_batch
+from .provenance import Provenance, read_provenance
 from .report import (
     FaceResult,
     ItemResult,
@@ -59,6 +60,7 @@ class ScanOptions:
     video_top_frac: float = 0.25
     max_pixels: int = 100_000_000
     shard: tuple[int, int] | None = None
+    provenance: bool = True  # read what each file claims (C2PA, generator metadata); never seen by the model
 
     def __post_init__(self) -> None:
         if self.no_face not in NO_FACE_POLICIES:
@@ -108,6 +110,7 @@ class _Prepared:
     frames_with_faces: int = 0
     warnings: list[str] = field(default_factory=list)  # e.g. a video whose stream breaks off
     error: tuple[str, str] | None = None
+    provenance: Provenance | None = None  # what the file's metadata claims; the model never sees it
 
 
 class _Preparer:
@@ -129,6 +132,8 @@ class _Preparer:
 
     def __call__(self, item: InputItem) -> _Prepared:
         out = _Prepared(item)
+        if self.opts.provenance:  # here, in the worker, so it runs beside other files' decoding
+            out.provenance = read_provenance(item.path, item.kind)
         crops: list[np.ndarray] = []
         try:
             if item.kind == "image":
@@ -169,7 +174,7 @@ def aggregate_video(frame_scores: list[float], top_frac: float) -> tuple[float, 
 def _finish(p: _Prepared, scores: np.ndarray, threshold: float, opts: ScanOptions) -> ItemResult:
     kind = p.item.kind
     if p.error is not None:
-        return ItemResult.failed(p.item.path, kind, *p.error)
+        return ItemResult.failed(p.item.path, kind, *p.error, provenance=p.provenance)
     video = None
     faces = [
         FaceResult(box=f.box, landmarks=f.landmarks, det_score=float(min(max(f.score, 0.0), 1.0)),
@@ -189,10 +194,11 @@ def _finish(p: _Prepared, scores: np.ndarray, threshold: float, opts: ScanOption
     else:
         score = max((fr.score for fr in faces), default=None)
     if score is None:
-        return ItemResult(path=p.item.path, kind=kind, status="no_face", video=video)
+        return ItemResult(path=p.item.path, kind=kind, status="no_face", video=video, provenance=p.provenance)
     score = float(min(max(score, 0.0), 1.0))
     return ItemResult(path=p.item.path, kind=kind, status="ok", score=score,
-                      verdict=verdict_for(score, threshold, opts.uncertain_band), faces=faces, video=video)
+                      verdict=verdict_for(score, threshold, opts.uncertain_band), faces=faces, video=video,
+                      provenance=p.provenance)
 
 
 def run_scan(
