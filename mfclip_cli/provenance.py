@@ -406,8 +406,10 @@ def read_embedded(stream: BinaryIO) -> _Embedded:
     try:
         with Image.open(stream) as image:
             hints = hints_from_text_chunks(image.info)
-            exif = image.getexif()
-            hints += hints_from_exif(exif, exif.get_ifd(EXIF_IFD))
+            # Pillow decodes a whole PNG to look for an eXIf chunk after the pixels: read only one before them
+            if image.format != "PNG" or "exif" in image.info:
+                exif = image.getexif()
+                hints += hints_from_exif(exif, exif.get_ifd(EXIF_IFD))
             packet = xmp_packet(image)
     except UnidentifiedImageError:
         return _Embedded()  # a format Pillow does not read (pixels come from OpenCV): nothing to report
