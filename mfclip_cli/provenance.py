@@ -13,15 +13,16 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 STATUSES = ("none", "claims_generated", "claims_captured", "invalid_signature", "unreadable")
 
-# IPTC NewsCodes digital source types (http://cv.iptc.org/newscodes/digitalsourcetype/<term>), by what they claim.
+# IPTC NewsCodes digital source types (http://cv.iptc.org/newscodes/digitalsourcetype/<term>), by claim.
 GENERATED_SOURCE_TYPES = frozenset({
-    "trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia", "algorithmicMedia", "compositeSynthetic",
+    "trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia", "algorithmicMedia",
+    "compositeSynthetic",
 })  # fmt: skip
 CAPTURED_SOURCE_TYPES = frozenset({
     "digitalCapture", "computationalCapture", "negativeFilm", "positiveFilm", "compositeCapture",
@@ -61,7 +62,7 @@ GENERATOR_TEXT_KEYS: Mapping[str, str] = {
     "workflow": "ComfyUI",
     "fooocus_scheme": "Fooocus",
 }
-COMFYUI_PROMPT_KEY = "prompt"  # ComfyUI's node graph; other tools use "prompt" for plain text, so it is checked
+COMFYUI_PROMPT_KEY = "prompt"  # ComfyUI's node graph; others write plain text there, so the value is checked
 A1111_PARAMETERS = re.compile(r"\bSteps: \d+, Sampler: ")  # the settings line of AUTOMATIC1111 "parameters"
 
 XMP_NS = {
@@ -86,7 +87,7 @@ class C2paInfo:
     claim_generator: str | None = None
     actions: tuple[str, ...] = ()
     digital_source_type: str | None = None  # IPTC term as written (usually the full URL)
-    validation_state: str | None = None  # the library's: "Invalid", "Valid" (signature checks out) or "Trusted"
+    validation_state: str | None = None  # the library's: "Invalid", "Valid" (signature matches) or "Trusted"
     validation_codes: tuple[str, ...] = ()  # the library's failure codes, e.g. "signingCredential.untrusted"
     signer: str | None = None  # common name of the signing certificate
     issuer: str | None = None  # organisation that issued it
@@ -121,7 +122,7 @@ class GeneratorHint:
 
 @dataclass(frozen=True)
 class Provenance:
-    """What one file claims about its origin, and the status those claims add up to (see :func:`status_of`)."""
+    """What one file claims about its origin, and the status those claims add up to (:func:`status_of`)."""
 
     status: str
     c2pa: C2paInfo = field(default_factory=C2paInfo)
@@ -154,20 +155,22 @@ class Provenance:
 
 
 def source_type_term(value: str) -> str:
-    """The IPTC term of a digital source type given as a URL or a bare term ("…/trainedAlgorithmicMedia")."""
+    """The IPTC term of a digital source type written as a URL or a bare term (".../digitalCapture")."""
     return value.rstrip("/").rsplit("/", 1)[-1].strip()
 
 
-def status_of(c2pa: C2paInfo, xmp_source_type: str | None, hints: Iterable[GeneratorHint]) -> str:
-    """The provenance status, first rule that applies: a manifest whose validation fails → invalid_signature;
-    any claim of generation (C2PA source type, XMP source type, a field naming a generator) → claims_generated;
-    a capture source type (C2PA, then XMP) → claims_captured; a manifest that could not be read → unreadable;
-    else none."""
+def status_of(c2pa: C2paInfo, xmp_source_type: str | None, hints: Sequence[GeneratorHint]) -> str:
+    """The provenance status, by the first rule that applies:
+
+    a manifest whose validation fails → invalid_signature; any claim of generation (C2PA or XMP source
+    type, a field naming a generator) → claims_generated; a capture source type → claims_captured; a
+    manifest that could not be read → unreadable; else none.
+    """
     if c2pa.validation_state is not None and c2pa.validation_state.lower() == "invalid":
         return "invalid_signature"
     c2pa_terms = {source_type_term(t) for t in c2pa.source_types}
     xmp_term = source_type_term(xmp_source_type) if xmp_source_type else None
-    if c2pa_terms & GENERATED_SOURCE_TYPES or xmp_term in GENERATED_SOURCE_TYPES or any(True for _ in hints):
+    if c2pa_terms & GENERATED_SOURCE_TYPES or xmp_term in GENERATED_SOURCE_TYPES or hints:
         return "claims_generated"
     if c2pa_terms & CAPTURED_SOURCE_TYPES or xmp_term in CAPTURED_SOURCE_TYPES:
         return "claims_captured"
@@ -201,7 +204,8 @@ def _c2pa_context() -> Any:
         if _context is None:
             import c2pa
 
-            _context = c2pa.Context.from_dict({"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}})
+            offline = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
+            _context = c2pa.Context.from_dict(offline)
         return _context
 
 
@@ -231,7 +235,8 @@ def c2pa_info_from_store(store: Mapping[str, Any]) -> C2paInfo:
     manifests: Mapping[str, Any] = store.get("manifests") or {}
     active = manifests.get(store.get("active_manifest") or "", {})
     actions = list(_actions(active))
-    created = [a for a in actions if a.get("action") in ("c2pa.created", "c2pa.opened") and a.get("digitalSourceType")]
+    created = [a for a in actions
+               if a.get("action") in ("c2pa.created", "c2pa.opened") and a.get("digitalSourceType")]
     active_types = [a["digitalSourceType"] for a in created] + list(_source_types(active))
     signature = active.get("signature_info") or {}
     return C2paInfo(
@@ -240,7 +245,7 @@ def c2pa_info_from_store(store: Mapping[str, Any]) -> C2paInfo:
         actions=tuple(str(a.get("action")) for a in actions if a.get("action")),
         digital_source_type=active_types[0] if active_types else None,
         validation_state=store.get("validation_state"),
-        validation_codes=tuple(str(s.get("code")) for s in store.get("validation_status") or () if s.get("code")),
+        validation_codes=tuple(str(s["code"]) for s in store.get("validation_status") or () if s.get("code")),
         signer=signature.get("common_name"),
         issuer=signature.get("issuer"),
         source_types=tuple(dict.fromkeys(t for m in manifests.values() for t in _source_types(m))),
@@ -250,7 +255,8 @@ def c2pa_info_from_store(store: Mapping[str, Any]) -> C2paInfo:
 def _actions(manifest: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     for assertion in manifest.get("assertions") or ():
         if str(assertion.get("label", "")).startswith("c2pa.actions"):
-            yield from (a for a in (assertion.get("data") or {}).get("actions") or () if isinstance(a, Mapping))
+            actions = (assertion.get("data") or {}).get("actions") or ()
+            yield from (a for a in actions if isinstance(a, Mapping))
 
 
 def _source_types(manifest: Mapping[str, Any]) -> Iterator[str]:
@@ -307,7 +313,8 @@ def hints_from_text_chunks(info: Mapping[str, Any]) -> list[GeneratorHint]:
             tool = name_generator(text) or (GENERATOR_TEXT_KEYS["parameters"] if A1111_PARAMETERS.search(text)
                                             else None)
         if tool is not None:
-            hints.append(GeneratorHint(f"png:{key}" if key != "comment" else "jpeg:COM", _excerpt(text), tool))
+            where = "jpeg:COM" if key == "comment" else f"png:{key}"
+            hints.append(GeneratorHint(where, _excerpt(text), tool))
     return hints
 
 
@@ -323,7 +330,8 @@ def hints_from_exif(exif: Mapping[int, Any], exif_ifd: Mapping[int, Any]) -> lis
     """Hints from EXIF: ``Software`` naming a generator, generator settings in ``UserComment`` or
     ``ImageDescription`` (AUTOMATIC1111 writes its "parameters" there in JPEG and WebP)."""
     hints = []
-    fields = (("exif:Software", exif.get(EXIF_SOFTWARE)), ("exif:ImageDescription", exif.get(EXIF_IMAGE_DESCRIPTION)),
+    fields = (("exif:Software", exif.get(EXIF_SOFTWARE)),
+              ("exif:ImageDescription", exif.get(EXIF_IMAGE_DESCRIPTION)),
               ("exif:UserComment", exif_ifd.get(EXIF_USER_COMMENT)))  # fmt: skip
     for name, raw in fields:
         text = decode_user_comment(raw) if name == "exif:UserComment" else raw
@@ -346,7 +354,8 @@ def decode_user_comment(raw: Any) -> str | None:
     code, body = raw[:8].rstrip(b"\0 ").upper(), raw[8:]
     if code == b"UNICODE":
         # the standard leaves the byte order open; writers (piexif, exiftool) use big-endian unless marked
-        order = "utf-16-le" if body[:2] == b"\xff\xfe" or (len(body) > 1 and body[0] and not body[1]) else "utf-16-be"
+        little = body[:2] == b"\xff\xfe" or (len(body) > 1 and body[0] and not body[1])
+        order = "utf-16-le" if little else "utf-16-be"
         return body.decode(order, "replace").lstrip("\ufeff").rstrip("\0")
     return body.decode("utf-8", "replace").rstrip("\0")
 
@@ -360,7 +369,7 @@ def xmp_packet(image: Any) -> bytes | str | None:
 
 
 def read_xmp(packet: bytes | str) -> tuple[str | None, list[GeneratorHint]]:
-    """(IPTC DigitalSourceType, hints from CreatorTool) of an XMP packet; raises ValueError when it is not XML."""
+    """(IPTC DigitalSourceType, hints from CreatorTool) of an XMP packet; ValueError when it is not XML."""
     from xml.etree.ElementTree import ParseError
 
     from defusedxml import ElementTree
@@ -427,8 +436,8 @@ def read_embedded(stream: BinaryIO) -> _Embedded:
 
 
 def read_provenance(path: str, kind: str = "image") -> Provenance:
-    """What the file at ``path`` claims about its origin. Never raises: a file or manifest that cannot be
-    read gives ``status`` "unreadable" (unless other metadata makes a claim) with the reason in ``message``."""
+    """What the file at ``path`` claims about its origin. Never raises: a file or manifest that cannot
+    be read gives ``status`` "unreadable" (unless other metadata makes a claim), the reason in ``message``."""
     try:
         with open(path, "rb") as fh:
             info = read_c2pa(fh)
