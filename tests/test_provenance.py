@@ -437,3 +437,25 @@ def test_reading_metadata_decodes_no_pixels(tmp_path, monkeypatch):
     assert read_bytes(tmp_path, jpeg_bytes(noise_rgb(), exif=exif), "m.jpg").generator == "Midjourney"
     assert read_bytes(tmp_path, png_bytes(noise_rgb(), {"parameters": A1111_PARAMETERS}), "a.png").status == \
         "claims_generated"
+
+
+def test_training_and_eval_decode_the_same_pixels_whatever_the_metadata(tmp_path, signed_capture_jpeg):
+    """The decoder every path shares (scan, training crops, eval) returns identical pixels for copies that
+    differ only in metadata, and only scan reads provenance (into the report, never into the model)."""
+    import cv2
+
+    from mfclip_cli.media import decode_image
+
+    plain = jpeg_bytes(noise_rgb(3))
+    copies = {"plain.jpg": plain,
+              "xmp.jpg": inject_xmp_app1(plain, xmp_packet(IPTC + "trainedAlgorithmicMedia", "Midjourney")),
+              "plain.png": png_bytes(noise_rgb(3)),
+              "a1111.png": png_bytes(noise_rgb(3), {"parameters": A1111_PARAMETERS})}  # fmt: skip
+    for name, blob in copies.items():
+        (tmp_path / name).write_bytes(blob)
+    for a, b in (("plain.jpg", "xmp.jpg"), ("plain.png", "a1111.png")):
+        assert np.array_equal(decode_image(tmp_path / a), decode_image(tmp_path / b))
+        assert np.array_equal(cv2.imread(str(tmp_path / a)), cv2.imread(str(tmp_path / b)))  # crop cache path
+    package = Path(P.__file__).parent
+    readers = sorted(str(f.relative_to(package)) for f in package.rglob("*.py") if "read_provenance" in f.read_text())
+    assert readers == ["provenance.py", "scan.py"]
