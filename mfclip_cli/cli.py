@@ -76,6 +76,10 @@ def scan(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report (JSON) here; '-' = stdout.")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write one CSV row per face here.")] = None,
     jsonl_out: Annotated[Path | None, typer.Option("--jsonl", help="Stream one JSON line per item as it finishes.")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page (pictures embedded, opens offline) here.")] = None,
+    html_thumbs: Annotated[int, typer.Option("--html-thumbs", help="--html: items shown with pictures (flagged and uncertain first); the rest are listed without.")] = 500,
+    explain: Annotated[bool, typer.Option("--explain", help="Per face: heat map of what drove the score (torch: Grad-CAM, onnx: occlusion) and the noise branch's patch; needs --explain-dir.")] = False,
+    explain_dir: Annotated[Path | None, typer.Option("--explain-dir", help="--explain: folder for the overlay and heat-map PNGs (paths listed in the reports).")] = None,
     weights: Annotated[str | None, typer.Option("--weights", help="MFCLIP checkpoint (.safetensors); default: the shipped model.")] = None,
     backend: Annotated[str, typer.Option(help="auto (ONNX export beside the checkpoint on CPU, else torch) | torch | onnx")] = "auto",
     model_dir: Annotated[str | None, typer.Option("--model", help="Exported model folder (with --backend onnx).")] = None,
@@ -102,7 +106,8 @@ def scan(
     4: a report could not be written (the others were), 130/143: stopped by SIGINT/SIGTERM (partial report)."""
     signals = _ScanSignals()  # first: a signal during start-up must already end cleanly
     try:
-        _scan(signals, paths=paths, json_out=json_out, csv_out=csv_out, jsonl_out=jsonl_out, weights=weights,
+        _scan(signals, paths=paths, json_out=json_out, csv_out=csv_out, jsonl_out=jsonl_out, html_out=html_out,
+              html_thumbs=html_thumbs, explain=explain, explain_dir=explain_dir, weights=weights,
               backend=backend, model_dir=model_dir, device=device, batch_size=batch_size, workers=workers,
               threshold=threshold, uncertain_band=uncertain_band, max_faces=max_faces, min_face=min_face,
               no_face=no_face, detector=detector, fps=fps, frames=frames, video_top=video_top,
@@ -143,11 +148,13 @@ class _ScanSignals:
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
-def _scan(signals: _ScanSignals, *, paths, json_out, csv_out, jsonl_out, weights, backend, model_dir, device,
+def _scan(signals: _ScanSignals, *, paths, json_out, csv_out, jsonl_out, html_out, html_thumbs, explain,
+          explain_dir, weights, backend, model_dir, device,
           batch_size, workers, threshold, uncertain_band, max_faces, min_face, no_face, detector, fps, frames,
           video_top, from_file, shard_opt, max_pixels, provenance, quiet) -> None:
     from .media import quiet_video_decoders
     from .report import (
+        ExplanationWriter,
         JsonlWriter,
         WriteFailure,
         exit_code_for,
@@ -166,14 +173,21 @@ def _scan(signals: _ScanSignals, *, paths, json_out, csv_out, jsonl_out, weights
                               f"{backend}); for a checkpoint use --weights CKPT")
         if weights is not None and backend == "onnx":
             raise MfclipError("--backend onnx runs an exported folder: pass --model DIR instead of --weights")
+        if explain and explain_dir is None:
+            raise MfclipError("--explain needs --explain-dir DIR: the folder its overlay PNGs are written to")
+        if explain_dir is not None and not explain:
+            raise MfclipError("--explain-dir is where --explain writes its pictures; add --explain (or drop it)")
+        if html_thumbs < 0:
+            raise MfclipError(f"--html-thumbs must be >= 0 (0: no pictures), got {html_thumbs}")
         opts = ScanOptions(
             backend=backend, device=device, batch_size=batch_size, workers=workers, threshold=threshold,
             uncertain_band=uncertain_band, max_faces=max_faces, min_face=min_face, no_face=no_face,
             detector=detector, fps=fps, frames=frames, video_top_frac=video_top, max_pixels=max_pixels,
-            shard=_parse_shard(shard_opt), provenance=provenance,
+            shard=_parse_shard(shard_opt), explain=explain, provenance=provenance,
         )
         ckpt = _default_weights(backend, model_dir if backend == "onnx" else weights)
-        targets = plan_report_targets(json_out, csv_out, jsonl_out, path_list=from_file)
+        targets = plan_report_targets(json_out, csv_out, jsonl_out, path_list=from_file, html_out=html_out,
+                                      explain_dir=explain_dir)
     except MfclipError as exc:
         _fail(exc)
     quiet_video_decoders()
@@ -190,6 +204,7 @@ def _scan(signals: _ScanSignals, *, paths, json_out, csv_out, jsonl_out, weights
     jsonl_target = next((t for t in targets if t.option == "--jsonl"), None)
     jsonl = JsonlWriter(jsonl_target.path) if jsonl_target else None
     failures: list[WriteFailure] = []
+    pictures = ExplanationWriter(explain_dir) if explain else None
 
     def stream_failed(exc: OSError) -> None:
         nonlocal jsonl
@@ -220,14 +235,16 @@ def _scan(signals: _ScanSignals, *, paths, json_out, csv_out, jsonl_out, weights
     try:
         with progress:
             result = run_scan(paths or [], ckpt, opts, from_file=from_file, on_item=on_item, on_total=on_total,
-                              stop=signals.stop, report_targets=targets)
+                              stop=signals.stop, report_targets=targets, write_explanations=pictures)
     except MfclipError as exc:
         _fail(exc)
     finally:
         if jsonl is not None:
             jsonl.close()
 
-    failures += write_reports(result, targets)
+    if pictures is not None and pictures.failure is not None:
+        failures.append(WriteFailure(next(t for t in targets if t.is_folder), pictures.failure))
+    failures += write_reports(result, targets, html_thumbs=html_thumbs)
     if not quiet:
         render_table(result, out_console)  # prints the summary line too
     interrupted_by = (signals.received[0] if signals.received else True) if result.interrupted else False

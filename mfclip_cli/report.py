@@ -12,10 +12,11 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import IntEnum
 from importlib import resources
@@ -23,13 +24,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from mfclip_cli import __version__
 from mfclip_cli.errors import MfclipError
-from mfclip_cli.fsutil import atomic_write_json, atomic_write_text
+from mfclip_cli.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mfclip_cli.provenance import Provenance
 
 SCHEMA_ID = "mfclip.scan/1"
@@ -166,6 +168,50 @@ def _check_probability(name: str, x: float | None) -> None:
 
 
 @dataclass(frozen=True)
+class ExplanationPictures:
+    """The arrays an explanation's PNGs are drawn from; held only until the pictures are written."""
+
+    crop: np.ndarray  # (S, S, 3) RGB uint8: the crop the score came from
+    heat: np.ndarray  # (S, S) float32, sums to 1
+
+
+@dataclass(frozen=True)
+class FaceExplanation:
+    """What drove a face's score (``--explain``): a heat map over its crop and the noise branch's patch.
+
+    ``patch_box`` [x1, y1, x2, y2) is in crop pixels (the crop is ``crop_size`` square); ``crop_to_image``
+    is the 2x3 affine map from crop pixels to image (or frame) pixels. ``heatmap_png`` (16-bit grey, linear
+    in heat) and ``overlay_png`` (crop + heat + patch outline) are set once written to ``--explain-dir``.
+    """
+
+    method: str
+    backend: str
+    target: str
+    detail: str
+    patch_index: int
+    patch_box: tuple[int, int, int, int]
+    crop_size: int
+    crop_to_image: tuple[tuple[float, float, float], tuple[float, float, float]]
+    heatmap_png: str | None = None
+    overlay_png: str | None = None
+    pictures: ExplanationPictures | None = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "backend": self.backend,
+            "target": self.target,
+            "detail": self.detail,
+            "patch_index": int(self.patch_index),
+            "patch_box": [int(v) for v in self.patch_box],
+            "crop_size": int(self.crop_size),
+            "crop_to_image": [[round(float(v), 6) for v in row] for row in self.crop_to_image],
+            "heatmap_png": None if self.heatmap_png is None else safe_text(self.heatmap_png),
+            "overlay_png": None if self.overlay_png is None else safe_text(self.overlay_png),
+        }
+
+
+@dataclass(frozen=True)
 class FaceResult:
     """One detected and scored face: box [x1, y1, x2, y2] in pixels, optional 5-point landmarks.
 
@@ -178,6 +224,7 @@ class FaceResult:
     score: float
     frame: int | None = None
     time_s: float | None = None
+    explanation: FaceExplanation | None = None  # --explain only
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "box", tuple(float(v) for v in self.box))
@@ -201,6 +248,7 @@ class FaceResult:
             "score": _round(self.score, SCORE_DECIMALS),
             "frame": None if self.frame is None else int(self.frame),
             "time_s": _round(self.time_s, TIME_DECIMALS),
+            **({"explanation": self.explanation.to_json()} if self.explanation is not None else {}),
         }
 
 
@@ -505,11 +553,71 @@ class JsonlWriter:
         self.close()
 
 
+# --- explanation pictures (--explain-dir) --------------------------------------------------------
+
+
+class ExplanationWriter:
+    """Writes the pictures of each explained face into ``--explain-dir`` as its item finishes (atomic PNGs):
+    ``NNNNN_<stem>_faceK_overlay.png`` (crop + heat + the noise branch's patch outlined) and
+    ``NNNNN_<stem>_faceK_heat.png`` (16-bit grey, linear in heat), NNNNN the item's index in the report.
+
+    Called as ``writer(index, item)`` (run_scan's ``write_explanations``); returns the item with the paths
+    set and the arrays dropped. A picture that cannot be written (full disk…) leaves its path null and is
+    remembered in ``failure``; the scan goes on.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.failure: str | None = None
+
+    def __call__(self, index: int, item: ItemResult) -> ItemResult:
+        if not any(f.explanation is not None and f.explanation.pictures is not None for f in item.faces):
+            return item
+        stem = _file_stem(item.path)
+        faces = [self._write_face(f, f"{index:05d}_{stem}_face{k}") for k, f in enumerate(item.faces)]
+        return replace(item, faces=faces)
+
+    def _write_face(self, face: FaceResult, name: str) -> FaceResult:
+        e = face.explanation
+        if e is None or e.pictures is None:
+            return face
+        from mfclip_cli.explain import heat_to_uint16, render_overlay
+
+        overlay = render_overlay(e.pictures.crop, e.pictures.heat, e.patch_box)
+        paths = {}
+        for key, suffix, picture in (("overlay_png", "overlay", overlay[:, :, ::-1]),
+                                     ("heatmap_png", "heat", heat_to_uint16(e.pictures.heat))):
+            path = self.folder / f"{name}_{suffix}.png"
+            try:
+                atomic_write_bytes(path, _png_bytes(picture))
+                paths[key] = str(path)
+            except OSError as exc:
+                self.failure = self.failure or f"{safe_text(str(path))}: {_reason(exc)}"
+                paths[key] = None
+        return replace(face, explanation=replace(e, pictures=None, **paths))
+
+
+def _png_bytes(picture: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", picture)
+    if not ok:
+        raise OSError(f"PNG encoding failed for a {picture.dtype} {picture.shape} picture")
+    return buf.tobytes()
+
+
+def _file_stem(path: str) -> str:
+    """A short, portable file-name stem from an input path (its stem, odd characters as "_")."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(safe_text(path)).stem).strip("._")
+    return stem[:48] or "item"
+
+
 # --- report targets ------------------------------------------------------------------------------
 # The one place that names where reports go and checks those paths: against each other, against the
 # file system (before the scan starts) and against the scan's inputs (before anything is written).
 
 STDOUT = "-"
+FOLDER_OPTIONS = ("--explain-dir",)
 
 
 @dataclass(frozen=True)
@@ -522,6 +630,11 @@ class ReportTarget:
     @property
     def to_stdout(self) -> bool:
         return self.path == STDOUT
+
+    @property
+    def is_folder(self) -> bool:
+        """A folder the scan fills with files (``--explain-dir``), not one report file."""
+        return self.option in FOLDER_OPTIONS
 
     def describe(self) -> str:
         return f"{self.option} {safe_text(self.path)}"
@@ -562,20 +675,44 @@ def _check_writable_target(t: ReportTarget) -> None:
         raise MfclipError(f"{t.describe()}: the file exists and is not writable. Choose another report path.")
 
 
+def _check_folder_target(t: ReportTarget) -> None:
+    path = t.path
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise MfclipError(f"{t.describe()}: exists and is not a folder; give a folder for the pictures.")
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise MfclipError(f"{t.describe()}: {existing} is a file, not a folder. Choose another folder.")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".mfclip-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MfclipError(f"{t.describe()}: cannot write in it ({_reason(exc)}). Choose a writable folder.") from None
+
+
 def plan_report_targets(json_out: str | os.PathLike | None = None, csv_out: str | os.PathLike | None = None,
                         jsonl_out: str | os.PathLike | None = None,
-                        path_list: str | None = None) -> list[ReportTarget]:
+                        path_list: str | None = None, html_out: str | os.PathLike | None = None,
+                        explain_dir: str | os.PathLike | None = None) -> list[ReportTarget]:
     """The reports a scan will write, checked before it starts: each target is a writable file path (not a
-    folder, its folder writable), no two targets are the same file, none is the ``--from-file`` list.
-    Only ``--json`` may be "-" (stdout). Raises MfclipError naming the option and path."""
+    folder, its folder writable), no two targets are the same file, none is the ``--from-file`` list;
+    ``--explain-dir`` is a writable folder (created now). Only ``--json`` may be "-" (stdout). Raises
+    MfclipError naming the option and path."""
     targets = [ReportTarget(opt, os.fspath(p)) for opt, p in
-               (("--json", json_out), ("--csv", csv_out), ("--jsonl", jsonl_out)) if p is not None]
+               (("--json", json_out), ("--csv", csv_out), ("--jsonl", jsonl_out), ("--html", html_out),
+                ("--explain-dir", explain_dir)) if p is not None]
     for t in targets:
         if not t.path:
             raise MfclipError(f"{t.option} needs a file path")
         if t.to_stdout and t.option != "--json":
             raise MfclipError(f"{t.option} cannot write to stdout ('-'); only --json can. Give a file path.")
-    files = [t for t in targets if not t.to_stdout]
+    for t in targets:
+        if t.is_folder:
+            _check_folder_target(t)
+    files = [t for t in targets if not t.to_stdout and not t.is_folder]
     for i, a in enumerate(files):
         for b in files[i + 1:]:
             if _same_file(a.path, b.path):
@@ -590,8 +727,12 @@ def plan_report_targets(json_out: str | os.PathLike | None = None, csv_out: str 
 
 def check_targets_against_inputs(targets: Sequence[ReportTarget], inputs: Iterable[str]) -> None:
     """Refuse report targets that are one of the scan's inputs (a file named, or found in a scanned folder):
-    writing the report would destroy it. Called once inputs are collected, before any report is opened."""
-    files = [t for t in targets if not t.to_stdout and os.path.lexists(t.path)]
+    writing the report would destroy it; and folder targets (``--explain-dir``) that hold an input (their
+    pictures would land among the scanned files). Called once inputs are collected, before any report is
+    opened."""
+    inputs = list(inputs)
+    _check_folders_against_inputs([t for t in targets if t.is_folder], inputs)
+    files = [t for t in targets if not t.to_stdout and not t.is_folder and os.path.lexists(t.path)]
     if not files:
         return
     keys = {}
@@ -605,6 +746,17 @@ def check_targets_against_inputs(targets: Sequence[ReportTarget], inputs: Iterab
         if t is not None:
             raise MfclipError(f"{t.describe()}: is one of the scanned inputs ({safe_text(path)}); writing the "
                               f"report would destroy it. Write reports outside the scanned files.")
+
+
+def _check_folders_against_inputs(folders: Sequence[ReportTarget], inputs: Sequence[str]) -> None:
+    for t in folders:
+        root = os.path.realpath(t.path)
+        for path in inputs:
+            real = os.path.realpath(path)
+            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+                raise MfclipError(f"{t.describe()}: holds a scanned input ({safe_text(path)}); pictures written "
+                                  f"there would mix with (and be scanned with) your files. Choose a folder "
+                                  f"outside the scanned paths.")
 
 
 def _maybe_hardlink(path: str) -> bool:
@@ -630,9 +782,10 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
-def write_reports(result: ScanResult, targets: Sequence[ReportTarget], stdout: io.TextIOBase | None = None
-                  ) -> list[WriteFailure]:
-    """Write every --json and --csv target (--jsonl streams during the scan); returns the ones that failed.
+def write_reports(result: ScanResult, targets: Sequence[ReportTarget], stdout: io.TextIOBase | None = None,
+                  html_thumbs: int | None = None) -> list[WriteFailure]:
+    """Write every --json, --csv and --html target (--jsonl and --explain-dir fill during the scan); returns
+    the ones that failed. ``html_thumbs`` caps the items the HTML page shows pictures for.
 
     One failing target (full disk, read-only file system, vanished folder) never stops the others.
     """
@@ -647,6 +800,10 @@ def write_reports(result: ScanResult, targets: Sequence[ReportTarget], stdout: i
                 write_json(result, t.path)
             elif t.option == "--csv":
                 write_csv(result, t.path)
+            elif t.option == "--html":
+                from mfclip_cli.html_report import DEFAULT_THUMBS, write_html
+
+                write_html(result, t.path, max_thumbs=DEFAULT_THUMBS if html_thumbs is None else html_thumbs)
         except OSError as exc:
             failures.append(WriteFailure(t, _reason(exc)))
     return failures

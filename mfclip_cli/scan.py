@@ -15,17 +15,20 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .cpus import usable_cpus
 from .errors import MediaError, MfclipError
-from .faces import crop_faces, make_detector
+from .faces import crop_faces, image_from_crop_transform, make_detector
 from .faces.types import CropPolicy, Face
 from .media import InputItem, collect_inputs, decode_image, iter_video_frames, shard
-from .model.preprocess import PreprocessConfig, prepare_batch
+from .model.preprocess import PreprocessConfig, patch_box, prepare_batch_with_patches
 from .provenance import Provenance, read_provenance
 from .report import (
+    ExplanationPictures,
+    FaceExplanation,
     FaceResult,
     ItemResult,
     ModelInfo,
@@ -36,6 +39,9 @@ from .report import (
     verdict_for,
 )
 from .runtime import Backend, load_backend
+
+if TYPE_CHECKING:
+    from .explain import Explainer
 
 NO_FACE_POLICIES = ("skip", "full")
 CPU_TASK_FACES = 8  # most faces per classify task on CPU (see _classify_in_order)
@@ -61,6 +67,7 @@ class ScanOptions:
     max_pixels: int = 100_000_000
     shard: tuple[int, int] | None = None
     provenance: bool = True  # read what each file claims (C2PA, generator metadata); never seen by the model
+    explain: bool = False  # heat map + noise patch per face (videos: faces of the frames aggregated)
 
     def __post_init__(self) -> None:
         if self.no_face not in NO_FACE_POLICIES:
@@ -104,8 +111,11 @@ class _Prepared:
 
     item: InputItem
     faces: list[tuple[Face, int | None, float | None]] = field(default_factory=list)  # face, frame, time
+    crop_policies: list[CropPolicy] = field(default_factory=list)  # how each face was cropped
     image: np.ndarray | None = None  # (F, 3, S, S)
     noise: np.ndarray | None = None
+    crops: list[np.ndarray] | None = None  # --explain only: the RGB crops the inputs were made from
+    patches: np.ndarray | None = None  # (F,) the noise branch's patch index per face
     frames_read: int = 0
     frames_with_faces: int = 0
     warnings: list[str] = field(default_factory=list)  # e.g. a video whose stream breaks off
@@ -124,11 +134,11 @@ class _Preparer:
         self.detector = None if policy.detector == "none" else make_detector(policy.detector, **kw)
         self.full_policy = CropPolicy.none(pre.size)
 
-    def _crops(self, image: np.ndarray) -> list[tuple[Face, np.ndarray]]:
+    def _crops(self, image: np.ndarray) -> tuple[list[tuple[Face, np.ndarray]], CropPolicy]:
         pairs = crop_faces(image, self.detector, self.policy, max_faces=self.opts.max_faces)
         if not pairs and self.opts.no_face == "full":
-            pairs = crop_faces(image, None, self.full_policy)
-        return pairs
+            return crop_faces(image, None, self.full_policy), self.full_policy
+        return pairs, self.policy
 
     def __call__(self, item: InputItem) -> _Prepared:
         out = _Prepared(item)
@@ -139,22 +149,27 @@ class _Preparer:
             if item.kind == "image":
                 image = decode_image(item.path, max_pixels=self.opts.max_pixels)
                 out.frames_read = 1
-                for face, crop in self._crops(image):
+                pairs, used = self._crops(image)
+                for face, crop in pairs:
                     out.faces.append((face, None, None))
+                    out.crop_policies.append(used)
                     crops.append(crop)
                 out.frames_with_faces = int(bool(crops))
             else:
                 frames = iter_video_frames(item.path, fps=self.opts.fps, max_frames=self.opts.frames)
                 for frame in frames:
                     out.frames_read += 1
-                    pairs = self._crops(frame.image)
+                    pairs, used = self._crops(frame.image)
                     out.frames_with_faces += int(bool(pairs))
                     for face, crop in pairs:
                         out.faces.append((face, frame.index, frame.time_s))
+                        out.crop_policies.append(used)
                         crops.append(crop)
                 out.warnings.extend(frames.warnings)
             if crops:
-                out.image, out.noise = prepare_batch(crops, self.pre)
+                out.image, out.noise, out.patches = prepare_batch_with_patches(crops, self.pre)
+                if self.opts.explain:
+                    out.crops = crops
         except MediaError as exc:
             out.error = (exc.code, exc.message)
         except MemoryError:
@@ -164,22 +179,62 @@ class _Preparer:
         return out
 
 
+def video_top_k(frames_scored: int, top_frac: float) -> int:
+    """How many of a video's scored frames its score averages: ceil(top_frac * frames scored), at least 1."""
+    return max(1, math.ceil(top_frac * frames_scored))
+
+
 def aggregate_video(frame_scores: list[float], top_frac: float) -> tuple[float, str]:
     """Video score = mean of the top-k frame scores, k = ceil(top_frac * frames scored)."""
-    k = max(1, math.ceil(top_frac * len(frame_scores)))
+    k = video_top_k(len(frame_scores), top_frac)
     top = sorted(frame_scores, reverse=True)[:k]
     return float(np.mean(top)), f"mean of top {k} of {len(frame_scores)} frame scores (frame score = max face score)"
 
 
-def _finish(p: _Prepared, scores: np.ndarray, threshold: float, opts: ScanOptions) -> ItemResult:
+def faces_to_explain(p: _Prepared, scores: np.ndarray, top_frac: float) -> list[int]:
+    """Indices of the faces ``--explain`` explains: every face of an image; in a video, the faces of the
+    frames its score averages (the top-k frames by frame score, ties to the earlier frame)."""
+    if p.item.kind != "video":
+        return list(range(len(p.faces)))
+    frame_score: dict[int, float] = {}
+    for (_, frame, _), s in zip(p.faces, scores):
+        frame_score[frame] = max(frame_score.get(frame, 0.0), float(s))
+    ranked = sorted(frame_score, key=lambda f: (-frame_score[f], f))
+    top = set(ranked[:video_top_k(len(ranked), top_frac)])
+    return [i for i, (_, frame, _) in enumerate(p.faces) if frame in top]
+
+
+def _explain_item(p: _Prepared, scores: np.ndarray, explainer: Explainer, threshold: float, grid: int,
+                  opts: ScanOptions) -> list[FaceExplanation | None]:
+    """Explanations of ``p``'s faces (None for faces not explained), from the arrays they were scored on."""
+    from .explain import target_for
+
+    out: list[FaceExplanation | None] = [None] * len(p.faces)
+    size = p.image.shape[-1]
+    for i in faces_to_explain(p, scores, opts.video_top_frac):
+        face = p.faces[i][0]
+        e = explainer.explain(p.image[i], p.noise[i], target_for(float(scores[i]), threshold))
+        to_image = image_from_crop_transform(face, p.crop_policies[i])
+        idx = int(p.patches[i])
+        out[i] = FaceExplanation(
+            method=e.method, backend=e.backend, target=e.target, detail=e.detail, patch_index=idx,
+            patch_box=patch_box(idx, size, grid), crop_size=size,
+            crop_to_image=tuple(tuple(float(v) for v in row) for row in to_image),
+            pictures=ExplanationPictures(crop=p.crops[i], heat=e.heat))
+    return out
+
+
+def _finish(p: _Prepared, scores: np.ndarray, threshold: float, opts: ScanOptions,
+            explanations: Sequence[FaceExplanation | None] | None = None) -> ItemResult:
     kind = p.item.kind
     if p.error is not None:
         return ItemResult.failed(p.item.path, kind, *p.error, provenance=p.provenance)
     video = None
+    explanations = explanations if explanations is not None else [None] * len(p.faces)
     faces = [
         FaceResult(box=f.box, landmarks=f.landmarks, det_score=float(min(max(f.score, 0.0), 1.0)),
-                   score=float(s), frame=frame, time_s=t)
-        for (f, frame, t), s in zip(p.faces, scores)
+                   score=float(s), frame=frame, time_s=t, explanation=e)
+        for (f, frame, t), s, e in zip(p.faces, scores, explanations)
     ]
     if kind == "video":
         per_frame: dict[int, float] = {}
@@ -212,8 +267,13 @@ def run_scan(
     stop: threading.Event | None = None,
     backend: Backend | None = None,
     report_targets: Sequence[ReportTarget] = (),
+    write_explanations: Callable[[int, ItemResult], ItemResult] | None = None,
 ) -> ScanResult:
     """Scan ``paths``; ``on_item`` sees each result as it finishes (in input order).
+
+    With ``opts.explain`` each explained face carries a FaceExplanation holding its crop and heat map;
+    ``write_explanations(index, item)`` (the report layer's picture writer) gets every finished item
+    before ``on_item`` and returns it with the pictures' paths in place of the arrays.
 
     Ctrl-C (KeyboardInterrupt) or ``stop`` ends the scan early with ``interrupted=True`` and every item
     finished so far. Usage errors (bad weights, bad options, a report target that is one of the inputs)
@@ -229,6 +289,11 @@ def run_scan(
                                **({"min_face": opts.min_face} if opts.min_face is not None else {}),
                                **({"detector": opts.detector} if opts.detector is not None else {})})
     threshold = info.threshold if opts.threshold is None else opts.threshold
+    explainer = None
+    if opts.explain:
+        from .explain import make_explainer
+
+        explainer = make_explainer(backend)
     items, input_errors = collect_inputs(paths, from_file=from_file,
                                          exclude=[t.path for t in report_targets if not t.to_stdout])
     if opts.shard is not None:
@@ -252,7 +317,10 @@ def run_scan(
     workers = resolved_workers(opts)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mfclip-scan")
     try:
-        for result in _classify_in_order(items, preparer, pool, workers, backend, threshold, opts, stop):
+        for result in _classify_in_order(items, preparer, pool, workers, backend, threshold, opts, stop,
+                                         explainer):
+            if write_explanations is not None:
+                result = write_explanations(len(results), result)
             results.append(result)
             if on_item:
                 on_item(result)
@@ -273,6 +341,10 @@ def run_scan(
     )
 
 
+# a classify task's result: P(fake) of every face, and per item its faces' explanations (with --explain)
+_Classified = tuple[np.ndarray, list[list[FaceExplanation | None]] | None]
+
+
 class _Stopped(Exception):
     """``stop`` was set while the scan waited for work."""
 
@@ -290,8 +362,8 @@ def _wait(fut: Future, stop: threading.Event | None):
 
 
 def _classify_in_order(items: list[InputItem], preparer: _Preparer, pool: ThreadPoolExecutor, workers: int,
-                       backend: Backend, threshold: float, opts: ScanOptions, stop: threading.Event | None
-                       ) -> Iterator[ItemResult]:
+                       backend: Backend, threshold: float, opts: ScanOptions, stop: threading.Event | None,
+                       explainer: Explainer | None = None) -> Iterator[ItemResult]:
     """Prepare tasks run ahead (bounded prefetch); faces are batched across files into classify tasks on the
     same pool; finished batches are reported in input order."""
     prefetch = max(4, workers * 4)
@@ -301,16 +373,24 @@ def _classify_in_order(items: list[InputItem], preparer: _Preparer, pool: Thread
     task_faces = min(opts.batch_size, CPU_TASK_FACES) if backend.info.device == "cpu" else opts.batch_size
     max_inflight = max(2, workers) * math.ceil(opts.batch_size / task_faces)  # tasks submitted, not reported
     prep_q: deque[Future[_Prepared]] = deque()
-    batches: deque[tuple[list[_Prepared], list[_Prepared], Future[np.ndarray] | None]] = deque()
+    batches: deque[tuple[list[_Prepared], list[_Prepared], Future[_Classified] | None]] = deque()
     it = iter(items)
     pending: list[_Prepared] = []
     pending_faces = 0
 
-    def classify(with_faces: list[_Prepared]) -> np.ndarray:
+    def classify(with_faces: list[_Prepared]) -> _Classified:
         image = np.concatenate([p.image for p in with_faces])
         noise = np.concatenate([p.noise for p in with_faces])
-        return np.concatenate([backend.predict(image[i:i + opts.batch_size], noise[i:i + opts.batch_size])
-                               for i in range(0, len(image), opts.batch_size)])
+        scores = np.concatenate([backend.predict(image[i:i + opts.batch_size], noise[i:i + opts.batch_size])
+                                 for i in range(0, len(image), opts.batch_size)])
+        if explainer is None:
+            return scores, None
+        explanations, offset = [], 0
+        for p in with_faces:  # in the same task: the crops' arrays are at hand and the pool shares the work
+            explanations.append(_explain_item(p, scores[offset:offset + len(p.faces)], explainer, threshold,
+                                              preparer.pre.grid, opts))
+            offset += len(p.faces)
+        return scores, explanations
 
     def submit_batch(parts: int = 1) -> None:
         """Queue the pending items as ``parts`` classify tasks of about equal face counts (in order)."""
@@ -331,13 +411,14 @@ def _classify_in_order(items: list[InputItem], preparer: _Preparer, pool: Thread
         """Results of finished head batches, waiting for the head while more than ``limit`` are queued."""
         while batches and (len(batches) > limit or batches[0][2] is None or batches[0][2].done()):
             group, with_faces, fut = batches.popleft()
-            flat = _wait(fut, stop) if fut is not None else np.zeros(0)
+            flat, explained = _wait(fut, stop) if fut is not None else (np.zeros(0), None)
             scores, offset = {}, 0
             for p in with_faces:
                 scores[id(p)] = flat[offset:offset + len(p.faces)]
                 offset += len(p.faces)
+            by_item = dict(zip(map(id, with_faces), explained)) if explained is not None else {}
             for p in group:
-                yield _finish(p, scores.get(id(p), np.zeros(0)), threshold, opts)
+                yield _finish(p, scores.get(id(p), np.zeros(0)), threshold, opts, by_item.get(id(p)))
 
     exhausted = False  # every input has a prepare task: the scan's tail is queued
 

@@ -26,6 +26,7 @@ __all__ = [
     "crop_faces",
     "crop_transform",
     "detector_for_policy",
+    "image_from_crop_transform",
     "make_detector",
     "similarity_transform",
     "template_in_crop",
@@ -105,6 +106,21 @@ def crop_transform(face: Face, policy: CropPolicy) -> np.ndarray:
     tx = k * (0.5 - (cx - side / 2)) - 0.5
     ty = k * (0.5 - (cy - side / 2)) - 0.5
     return np.array([[k, 0.0, tx], [0.0, k, ty]])
+
+
+def image_from_crop_transform(face: Face, policy: CropPolicy) -> np.ndarray:
+    """The 2x3 affine map from crop pixels back to image pixels for a crop made by :func:`crop_faces`.
+
+    Policy detector "none" (whole image resized, ``face.box`` = [0, 0, w, h]) maps with cv2.resize's
+    pixel-centre convention; every other crop is the inverse of :func:`crop_transform`.
+    """
+    import cv2
+
+    if policy.detector == "none":
+        w, h = face.box[2], face.box[3]
+        fx, fy = w / policy.size, h / policy.size
+        return np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5]])
+    return cv2.invertAffineTransform(crop_transform(face, policy))
 
 
 def _warp(image: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:

@@ -84,6 +84,14 @@ def select_richest_patch(crop: np.ndarray, grid: int = 2) -> int:
     return int(np.argmin(patch_homogeneity(grey_levels(crop), grid)))
 
 
+def patch_box(index: int, size: int, grid: int) -> tuple[int, int, int, int]:
+    """[x1, y1, x2, y2) in crop pixels of the ``index``-th (row-major) patch of a g x g grid over a
+    ``size`` square crop: the region the noise branch reads when that patch is the richest."""
+    ph = pw = size // grid
+    r, c = divmod(index, grid)
+    return c * pw, r * ph, (c + 1) * pw, (r + 1) * ph
+
+
 def extract_patch(crop: np.ndarray, index: int, grid: int) -> np.ndarray:
     """The ``index``-th (row-major) patch of a g x g grid over ``crop``."""
     h, w = crop.shape[:2]
@@ -106,6 +114,17 @@ def prepare_batch(crops: list[np.ndarray], cfg: PreprocessConfig) -> tuple[np.nd
     """Stack RGB uint8 crops (each cfg.size square) into (image, noise) float32 NCHW arrays.
 
     image: CLIP-normalised, (B, 3, size, size). noise: richest patch in [0, 1], (B, 3, size/g, size/g).
+    """
+    image, noise, _ = prepare_batch_with_patches(crops, cfg)
+    return image, noise
+
+
+def prepare_batch_with_patches(crops: list[np.ndarray], cfg: PreprocessConfig
+                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`prepare_batch` plus the index (row-major, see :func:`patch_box`) of the patch each noise
+    input was cut from, shape (B,) int: the one place that choice is made, so explanations outline
+    exactly the patch the noise branch read.
+
     Written straight into the output arrays (no per-crop temporaries): scan calls this for every face.
     """
     if not crops:
@@ -116,6 +135,7 @@ def prepare_batch(crops: list[np.ndarray], cfg: PreprocessConfig) -> tuple[np.nd
     std = np.asarray(cfg.std, np.float32).reshape(3, 1, 1)
     images = np.empty((len(crops), 3, size, size), np.float32)
     noises = np.empty((len(crops), 3, ph, pw), np.float32)
+    patches = np.empty(len(crops), np.int64)
     keep = face_mask(size, cfg.mask)
     # full HxWx3 0/1 mask: a contiguous multiply, ~20x faster than broadcasting over the channel axis
     keep01 = None if keep is None else np.repeat(keep.astype(np.uint8)[..., None], 3, axis=2)
@@ -127,15 +147,15 @@ def prepare_batch(crops: list[np.ndarray], cfg: PreprocessConfig) -> tuple[np.nd
         chw = crop.transpose(2, 0, 1)
         out = images[i]
         np.divide(chw, np.float32(255.0), out=out)  # x in [0, 1]
-        idx = select_richest_patch(crop, grid)
-        r, c = divmod(idx, grid)
-        noises[i] = out[:, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw]
+        patches[i] = idx = select_richest_patch(crop, grid)
+        x1, y1, x2, y2 = patch_box(idx, size, grid)
+        noises[i] = out[:, y1:y2, x1:x2]
         if cfg.colour_norm == "per-crop":
             _standardise_channels(out, keep)
         else:
             out -= mean
             out /= std
-    return images, noises
+    return images, noises, patches
 
 
 def _standardise_channels(chw: np.ndarray, keep: np.ndarray | None) -> None:
