@@ -335,6 +335,23 @@ def test_disagreement_is_marked_counted_and_never_changes_the_verdict(tmp_path):
     assert [r["provenance_disagrees"] for r in rows] == ["1", "1", "0", "0", "0"]
 
 
+def test_html_page_shows_what_the_metadata_claims(tmp_path):
+    from mfclip_cli.html_report import render_html
+
+    signed = P.Provenance(status="claims_captured", c2pa=P.C2paInfo(
+        present=True, validation_state="Valid", validation_codes=("signingCredential.untrusted",),
+        signer="<b>cam</b>"))  # fmt: skip
+    face = R.FaceResult(box=(0, 0, 10, 10), landmarks=None, det_score=0.9, score=0.9)
+    items = [R.ItemResult(str(tmp_path / "gone.jpg"), "image", "ok", score=0.9, verdict="fake", faces=[face],
+                          provenance=signed), _item("claims_generated", "real")]  # fmt: skip
+    result = R.ScanResult(model=R.ModelInfo("w", "0" * 64, 0.5), settings={}, started_at=R.utc_now(),
+                          finished_at=R.utc_now(), items=items)  # fmt: skip
+    page = render_html(result)
+    assert page.count('<div class="provenance">') == 2 and page.count(f"{R.DISAGREE_MARK}</b></div>") == 2
+    assert "claims captured" in page and "signingCredential.untrusted" in page
+    assert "<b>cam</b>" not in page and "&lt;b&gt;cam&lt;/b&gt;" in page  # metadata is escaped
+
+
 # ------------------------------------------------------------------------------------------ in a scan
 
 
