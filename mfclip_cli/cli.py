@@ -98,6 +98,7 @@ def scan(
     from_file: Annotated[str | None, typer.Option("--from-file", help="Read paths, one per line, from a file ('-' = stdin).")] = None,
     shard_opt: Annotated[str | None, typer.Option("--shard", help="K/N: scan only the K-th of N shares of the sorted inputs.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this many pixels.")] = 100_000_000,
+    no_provenance: Annotated[bool, typer.Option("--no-provenance", help="Do not read what files claim about their origin (C2PA manifests, generator metadata); reports then carry provenance null.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table or progress; only errors.")] = False,
 ) -> None:
     """Score every face in images and videos. Exit 0: nothing flagged, 1: something flagged fake,
@@ -110,7 +111,8 @@ def scan(
               backend=backend, model_dir=model_dir, device=device, batch_size=batch_size, workers=workers,
               threshold=threshold, uncertain_band=uncertain_band, max_faces=max_faces, min_face=min_face,
               no_face=no_face, detector=detector, fps=fps, frames=frames, video_top=video_top,
-              from_file=from_file, shard_opt=shard_opt, max_pixels=max_pixels, quiet=quiet)
+              from_file=from_file, shard_opt=shard_opt, max_pixels=max_pixels, provenance=not no_provenance,
+              quiet=quiet)
     except KeyboardInterrupt:
         name = signal.Signals(signals.received[0]).name if signals.received else "SIGINT"
         err_console.print(f"[yellow]interrupted ({name}) before the scan started: nothing was scanned and no "
@@ -149,7 +151,7 @@ class _ScanSignals:
 def _scan(signals: _ScanSignals, *, paths, json_out, csv_out, jsonl_out, html_out, html_thumbs, explain,
           explain_dir, weights, backend, model_dir, device,
           batch_size, workers, threshold, uncertain_band, max_faces, min_face, no_face, detector, fps, frames,
-          video_top, from_file, shard_opt, max_pixels, quiet) -> None:
+          video_top, from_file, shard_opt, max_pixels, provenance, quiet) -> None:
     from .media import quiet_video_decoders
     from .report import (
         ExplanationWriter,
@@ -181,7 +183,7 @@ def _scan(signals: _ScanSignals, *, paths, json_out, csv_out, jsonl_out, html_ou
             backend=backend, device=device, batch_size=batch_size, workers=workers, threshold=threshold,
             uncertain_band=uncertain_band, max_faces=max_faces, min_face=min_face, no_face=no_face,
             detector=detector, fps=fps, frames=frames, video_top_frac=video_top, max_pixels=max_pixels,
-            shard=_parse_shard(shard_opt), explain=explain,
+            shard=_parse_shard(shard_opt), explain=explain, provenance=provenance,
         )
         ckpt = _default_weights(backend, model_dir if backend == "onnx" else weights)
         targets = plan_report_targets(json_out, csv_out, jsonl_out, path_list=from_file, html_out=html_out,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mfclip_cli.fsutil import atomic_write_text
-from mfclip_cli.report import ItemResult, ScanResult, format_utc, safe_text, verdict_for
+from mfclip_cli.report import DISAGREE_MARK, ItemResult, ScanResult, format_utc, safe_text, verdict_for
 
 DEFAULT_THUMBS = 500  # items with pictures; the rest are listed without (see the module docstring)
 THUMB_SIDE = 320  # px, longer side of an item's thumbnail
@@ -263,6 +263,8 @@ def _item_row(index: int, rank: int, item: Mapping[str, Any], pics: _Pictures | 
                     f'{_e(v["aggregation"])}</div>')
         for w in v.get("warnings", []):
             info.append(f'<div class="warn">{_e(w)}</div>')
+    if item.get("provenance") is not None:
+        info.append(_provenance_line(item["provenance"]))
     if pics is not None and pics.note:
         info.append(f'<div class="warn">{_e(pics.note)}</div>')
     if pics is not None and pics.frames:
@@ -282,11 +284,32 @@ def _item_row(index: int, rank: int, item: Mapping[str, Any], pics: _Pictures | 
             f'{"".join(cells)}</tr>')
 
 
+def _provenance_line(p: Mapping[str, Any]) -> str:
+    """What the file's metadata claims (never part of the verdict), with the marker when it contradicts it."""
+    parts = [f'metadata: <b>{_e(p["status"].replace("_", " "))}</b>']
+    tools = list(dict.fromkeys(h["tool"] for h in p["generator_hints"]))
+    if tools:
+        parts.append("names " + _e(", ".join(tools)))
+    c = p["c2pa"]
+    if c["present"] and c["validation_state"] is not None:
+        codes = f' ({_e(", ".join(c["validation_codes"]))})' if c["validation_codes"] else ""
+        parts.append(f'C2PA signed by {_e(c["signer"] or "?")}: {_e(c["validation_state"])}{codes}')
+    if p["message"]:
+        parts.append(_e(p["message"]))
+    mark = f' <b title="metadata and pixels disagree">{DISAGREE_MARK}</b>' if p["disagrees_with_pixels"] else ""
+    return f'<div class="provenance">{" · ".join(parts)}{mark}</div>'
+
+
 def _header(report: Mapping[str, Any], shown_pictures: int) -> str:
     s, m = report["summary"], report["model"]
     counts = "".join(f"<div><b>{s[k]}</b> {label}</div>" for k, label in (
         ("items", "items"), ("faces", "faces"), ("fake", "fake"), ("real", "real"),
         ("uncertain", "uncertain"), ("no_face", "no face"), ("errors", "errors")))
+    prov = s["provenance"]
+    if prov["read"]:
+        counts += "".join(f"<div><b>{prov[k]}</b> {label}</div>" for k, label in (
+            ("claims_generated", "metadata claims generated"), ("claims_captured", "metadata claims captured"),
+            ("invalid_signature", "invalid signature"), ("disagreements", f"{DISAGREE_MARK} disagree")))
     settings = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in report["settings"].items())
     banner = ('<p class="interrupted">Interrupted: this report holds only the items finished before the scan '
               'was stopped.</p>') if report["interrupted"] else ""

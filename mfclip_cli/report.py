@@ -32,6 +32,7 @@ from rich.table import Table
 from mfclip_cli import __version__
 from mfclip_cli.errors import MfclipError
 from mfclip_cli.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mfclip_cli.provenance import Provenance
 
 SCHEMA_ID = "mfclip.scan/1"
 TOOL_NAME = "mfclip"
@@ -48,7 +49,11 @@ TIME_DECIMALS = 3
 CSV_COLUMNS = (
     "path", "kind", "status", "error_code", "score", "verdict", "face_index", "frame", "time_s",
     "x1", "y1", "x2", "y2", "det_score", "face_score", "path_b64",
+    "provenance_status", "provenance_generator", "c2pa_signer", "c2pa_validation", "provenance_disagrees",
 )  # fmt: skip
+PROVENANCE_COUNTS = ("read", "claims_generated", "claims_captured", "invalid_signature", "unreadable",
+                     "disagreements")  # fmt: skip
+DISAGREE_MARK = "⚑"  # the table's marker: the file's metadata claims the opposite of the pixel verdict
 
 
 class ExitCode(IntEnum):
@@ -71,7 +76,7 @@ def interrupted_exit_code(signum: int | None) -> ExitCode:
     return ExitCode.TERMINATED if signum == 15 else ExitCode.INTERRUPTED
 
 
-def exit_code_for(summary: Mapping[str, int], *, interrupted_by: int | None | bool = False,
+def exit_code_for(summary: Mapping[str, Any], *, interrupted_by: int | None | bool = False,
                   report_failed: bool = False) -> ExitCode:
     """The scan's exit code: INTERRUPTED/TERMINATED when ``interrupted_by`` (a signal number, or True for
     SIGINT), else REPORT_FAILED, else FLAGGED if any fake, else READ_ERRORS if any error, else OK."""
@@ -254,7 +259,8 @@ class ItemResult:
     ok → score and verdict set, at least one face, no error; no_face → no score, verdict or faces;
     error → ``error`` {"code", "message"} set, no score or verdict; images have ``video`` None, videos
     that were read (ok / no_face) have it set.
-    ``faces`` may be given as any sequence and is stored as a tuple.
+    ``faces`` may be given as any sequence and is stored as a tuple. ``provenance`` is what the file's
+    metadata claims (None: not read, e.g. ``--no-provenance``); it never changes the score or verdict.
     """
 
     path: str
@@ -265,6 +271,7 @@ class ItemResult:
     verdict: str | None = None
     faces: Sequence[FaceResult] = ()
     video: Mapping[str, Any] | None = None
+    provenance: Provenance | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", str(self.path))
@@ -301,9 +308,24 @@ class ItemResult:
             )
 
     @classmethod
-    def failed(cls, path: str | os.PathLike, kind: str, code: str, message: str) -> ItemResult:
+    def failed(cls, path: str | os.PathLike, kind: str, code: str, message: str,
+               provenance: Provenance | None = None) -> ItemResult:
         """An item that could not be processed (status "error")."""
-        return cls(path=str(path), kind=kind, status="error", error={"code": code, "message": message})
+        return cls(path=str(path), kind=kind, status="error", error={"code": code, "message": message},
+                   provenance=provenance)
+
+    @property
+    def provenance_disagrees(self) -> bool:
+        """True when the metadata claims the opposite of the pixel verdict: claims generated but scored real,
+        or claims captured (e.g. a signed camera capture) but scored fake. The pixel verdict stays the verdict."""
+        status = self.provenance.status if self.provenance is not None else None
+        return (status, self.verdict) in (("claims_generated", "real"), ("claims_captured", "fake"))
+
+    def provenance_json(self) -> dict[str, Any] | None:
+        """The item's ``provenance`` block (None when it was not read)."""
+        if self.provenance is None:
+            return None
+        return _safe_json({**self.provenance.to_json(), "disagrees_with_pixels": self.provenance_disagrees})
 
     def to_json(self) -> dict[str, Any]:
         """The item's entry in the report (also one line of the JSONL stream).
@@ -337,6 +359,7 @@ class ItemResult:
                     ),
                 }
             ),
+            "provenance": self.provenance_json(),
         }
 
 
@@ -372,8 +395,9 @@ class ScanResult:
     def __post_init__(self) -> None:
         object.__setattr__(self, "items", tuple(self.items))
 
-    def summary(self) -> dict[str, int]:
-        """Counts of items by kind, verdict and status, and the total number of faces."""
+    def summary(self) -> dict[str, Any]:
+        """Counts of items by kind, verdict and status, the total number of faces, and under ``provenance``
+        the items whose metadata was read, by what it claims, and how many disagree with their verdict."""
         items = self.items
         return {
             "items": len(items),
@@ -385,6 +409,7 @@ class ScanResult:
             "uncertain": sum(i.verdict == "uncertain" for i in items),
             "no_face": sum(i.status == "no_face" for i in items),
             "errors": sum(i.status == "error" for i in items),
+            "provenance": provenance_counts(items),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -404,6 +429,20 @@ class ScanResult:
             "summary": self.summary(),
             "items": [i.to_json() for i in self.items],
         }
+
+
+def provenance_counts(items: Iterable[ItemResult]) -> dict[str, int]:
+    """How many items had their metadata read, claim generation / capture, carry an invalid or unreadable
+    manifest, and disagree with their pixel verdict (see :attr:`ItemResult.provenance_disagrees`)."""
+    counts = dict.fromkeys(PROVENANCE_COUNTS, 0)
+    for item in items:
+        if item.provenance is None:
+            continue
+        counts["read"] += 1
+        if item.provenance.status in counts:
+            counts[item.provenance.status] += 1
+        counts["disagreements"] += item.provenance_disagrees
+    return counts
 
 
 def load_scan_schema() -> dict[str, Any]:
@@ -427,13 +466,25 @@ def _csv_rows(result: ScanResult) -> Iterable[list[Any]]:
     for item in result.items:
         j = item.to_json()
         head = [j["path"], j["kind"], j["status"], (j["error"] or {}).get("code"), j["score"], j["verdict"]]
-        tail = [cell(j.get("path_b64"))]
+        tail = [cell(x) for x in [j.get("path_b64"), *_provenance_cells(item)]]
         if not j["faces"]:
-            yield [cell(x) for x in head] + [""] * (len(CSV_COLUMNS) - len(head) - 1) + tail
+            yield [cell(x) for x in head] + [""] * (len(CSV_COLUMNS) - len(head) - len(tail)) + tail
         for k, f in enumerate(j["faces"]):
             yield [
                 cell(x) for x in head + [k, f["frame"], f["time_s"], *f["box"], f["det_score"], f["score"]]
             ] + tail
+
+
+def _provenance_cells(item: ItemResult) -> list[Any]:
+    """provenance_status, provenance_generator, c2pa_signer, c2pa_validation, provenance_disagrees."""
+    p = item.provenance
+    if p is None:
+        return [None] * 5
+    validation = p.c2pa.validation_state
+    if validation is not None and p.c2pa.validation_codes:
+        validation += f" ({', '.join(p.c2pa.validation_codes)})"
+    return [p.status, safe_text(p.generator) if p.generator else None,
+            safe_text(p.c2pa.signer) if p.c2pa.signer else None, validation, int(item.provenance_disagrees)]
 
 
 def write_csv(result: ScanResult, path: str | os.PathLike) -> None:
@@ -761,6 +812,19 @@ def write_reports(result: ScanResult, targets: Sequence[ReportTarget], stdout: i
 # --- Rich rendering ------------------------------------------------------------------------------
 
 _VERDICT_STYLE = {"fake": "bold red", "real": "green", "uncertain": "yellow"}
+_PROVENANCE_CELL = {
+    "none": ("-", "dim"), "claims_generated": ("generated", "magenta"), "claims_captured": ("captured", "cyan"),
+    "invalid_signature": ("invalid signature", "bold red"), "unreadable": ("unreadable", "yellow"),
+}  # fmt: skip
+
+
+def _provenance_cell(item: ItemResult) -> str:
+    """The table's metadata cell: what the file claims, and the marker when that contradicts the pixels."""
+    if item.provenance is None:
+        return "[dim]not read[/]"
+    text, style = _PROVENANCE_CELL[item.provenance.status]
+    mark = f" [bold yellow]{DISAGREE_MARK}[/]" if item.provenance_disagrees else ""
+    return f"[{style}]{text}[/]{mark}"
 
 
 def _display_path(path: str) -> str:
@@ -782,6 +846,9 @@ def render_table(result: ScanResult, console: Console, max_rows: int = 50) -> No
     table.add_column("faces", justify="right")
     table.add_column("score", justify="right")
     table.add_column("verdict")
+    with_provenance = any(i.provenance is not None for i in result.items)
+    if with_provenance:
+        table.add_column("metadata")
     for item in result.items[:max_rows]:
         status = item.status
         if item.error is not None:
@@ -795,6 +862,7 @@ def render_table(result: ScanResult, console: Console, max_rows: int = 50) -> No
             str(len(item.faces)),
             "-" if item.score is None else f"{item.score:.3f}",
             f"[{style}]{verdict}[/]",
+            *([_provenance_cell(item)] if with_provenance else []),
         )
     console.print(table)
     hidden = len(result.items) - max_rows
@@ -819,8 +887,14 @@ def summary_line(result: ScanResult) -> str:
         f"{s['uncertain']} uncertain",
         f"{s['no_face']} without a face",
         n(s["errors"], "error"),
-        f"{duration:.1f} s",
     ]
+    p = s["provenance"]
+    if p["read"]:
+        parts.append(f"metadata: {p['claims_generated']} claim generated, {p['claims_captured']} captured"
+                     + (f", {p['invalid_signature']} invalid signature" if p["invalid_signature"] else "")
+                     + (f", {p['disagreements']} {DISAGREE_MARK} disagree with the pixels" if p["disagreements"]
+                        else ""))
+    parts.append(f"{duration:.1f} s")
     line = " · ".join(parts)
     return line + " · INTERRUPTED" if result.interrupted else line
 

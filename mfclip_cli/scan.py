@@ -25,6 +25,7 @@ from .faces import crop_faces, image_from_crop_transform, make_detector
 from .faces.types import CropPolicy, Face
 from .media import InputItem, collect_inputs, decode_image, iter_video_frames, shard
 from .model.preprocess import PreprocessConfig, patch_box, prepare_batch_with_patches
+from .provenance import Provenance, read_provenance
 from .report import (
     ExplanationPictures,
     FaceExplanation,
@@ -65,6 +66,7 @@ class ScanOptions:
     video_top_frac: float = 0.25
     max_pixels: int = 100_000_000
     shard: tuple[int, int] | None = None
+    provenance: bool = True  # read what each file claims (C2PA, generator metadata); never seen by the model
     explain: bool = False  # heat map + noise patch per face (videos: faces of the frames aggregated)
 
     def __post_init__(self) -> None:
@@ -118,6 +120,7 @@ class _Prepared:
     frames_with_faces: int = 0
     warnings: list[str] = field(default_factory=list)  # e.g. a video whose stream breaks off
     error: tuple[str, str] | None = None
+    provenance: Provenance | None = None  # what the file's metadata claims; the model never sees it
 
 
 class _Preparer:
@@ -139,6 +142,8 @@ class _Preparer:
 
     def __call__(self, item: InputItem) -> _Prepared:
         out = _Prepared(item)
+        if self.opts.provenance:  # here, in the worker, so it runs beside other files' decoding
+            out.provenance = read_provenance(item.path, item.kind)
         crops: list[np.ndarray] = []
         try:
             if item.kind == "image":
@@ -223,7 +228,7 @@ def _finish(p: _Prepared, scores: np.ndarray, threshold: float, opts: ScanOption
             explanations: Sequence[FaceExplanation | None] | None = None) -> ItemResult:
     kind = p.item.kind
     if p.error is not None:
-        return ItemResult.failed(p.item.path, kind, *p.error)
+        return ItemResult.failed(p.item.path, kind, *p.error, provenance=p.provenance)
     video = None
     explanations = explanations if explanations is not None else [None] * len(p.faces)
     faces = [
@@ -244,10 +249,11 @@ def _finish(p: _Prepared, scores: np.ndarray, threshold: float, opts: ScanOption
     else:
         score = max((fr.score for fr in faces), default=None)
     if score is None:
-        return ItemResult(path=p.item.path, kind=kind, status="no_face", video=video)
+        return ItemResult(path=p.item.path, kind=kind, status="no_face", video=video, provenance=p.provenance)
     score = float(min(max(score, 0.0), 1.0))
     return ItemResult(path=p.item.path, kind=kind, status="ok", score=score,
-                      verdict=verdict_for(score, threshold, opts.uncertain_band), faces=faces, video=video)
+                      verdict=verdict_for(score, threshold, opts.uncertain_band), faces=faces, video=video,
+                      provenance=p.provenance)
 
 
 def run_scan(

@@ -64,7 +64,8 @@ def test_report_with_every_kind_of_item_validates_against_the_schema(schema):
     assert doc["tool"]["name"] == "mfclip"
     assert doc["started_at"] == "2025-01-02T03:04:05.678Z"
     assert doc["summary"] == {"items": 5, "images": 4, "videos": 1, "faces": 5, "fake": 1, "real": 1,
-                              "uncertain": 1, "no_face": 1, "errors": 1}  # fmt: skip
+                              "uncertain": 1, "no_face": 1, "errors": 1,
+                              "provenance": dict.fromkeys(R.PROVENANCE_COUNTS, 0)}  # fmt: skip
     assert doc["items"][0]["score"] == 0.912346
     assert doc["items"][0]["faces"][0]["box"][0] == 10.12
     assert doc["items"][3]["error"] == {"code": "decode_failed", "message": "not an image file"}
