@@ -54,6 +54,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi"]),
     "G-F-3epochs": ("F trained three times as long (3 passes of at most 150 steps, best by validation loss)",
                     [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3"]),
+    "H-F-5epochs": ("F trained five times as long (5 passes of at most 150 steps, best by validation loss)",
+                    [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "5"]),
 }
 
 
