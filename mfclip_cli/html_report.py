@@ -367,7 +367,7 @@ nav label{margin-right:1.2em}#items{border-collapse:collapse;width:100%}
 td.thumb{width:330px}td.thumb img{max-width:320px;display:block}.path{font-weight:600;word-break:break-all}
 .badge{display:inline-block;padding:0 .5em;border-radius:3px;color:#fff;background:#6b7280;font-size:.9em}
 .badge.fake{background:#dc2626}.badge.real{background:#16a34a}.badge.uncertain{background:#d97706}
-.badge.error{background:#7c3aed}.score{font-variant-numeric:tabular-nums;font-weight:600}
+.badge.error{background:#7c3aed;color:#fff}.score{font-variant-numeric:tabular-nums;font-weight:600}
 .error{color:#7c3aed}.warn{color:#b45309}.video{color:#333}ul{list-style:none;margin:0;padding:0}
 li.face{display:flex;gap:.6em;margin-bottom:.6em}.pics{display:flex;gap:4px}img.crop{border-radius:3px}
 .bar{position:relative;width:180px;height:8px;background:#e5e7eb;border-radius:4px;margin-top:4px}
