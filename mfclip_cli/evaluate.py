@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader
 
 from .data.crops import CropEntry, SkippedEntry
 from .data.dataset import CropDataset
+from .decision import choose_threshold, is_fake
 from .errors import MfclipError
 from .metrics import BinaryMetrics, Row, binary_metrics, breakdown, video_level
 from .model.mfclip import MFCLIP
@@ -446,7 +447,6 @@ def calibrate_threshold(root: str, model: MFCLIP, meta: dict[str, Any], opts: Ev
     Returns (new threshold dict, {path, sha256, n, skipped}, content-hash prefixes of the calibration files).
     """
     from .fsutil import sha256_file
-    from .metrics import choose_threshold
     from .model.checkpoint import save_checkpoint
 
     out = Path(opts.calibrated_out) if opts.calibrated_out else default_calibrated_path(opts.checkpoint)
@@ -773,7 +773,7 @@ def real_acc_by_source(entries: list[CropEntry], scores: np.ndarray, threshold: 
     for e, s in zip(entries, scores):
         if e.record.y == 0:
             by_source.setdefault(e.record.source, []).append(float(s))
-    return [SourceRealAcc(src, len(v), float(np.mean(np.asarray(v) < threshold)))
+    return [SourceRealAcc(src, len(v), float(np.mean(~is_fake(np.asarray(v), threshold))))
             for src, v in sorted(by_source.items())]
 
 

@@ -47,11 +47,6 @@ class Explainer(Protocol):
         ...
 
 
-def target_for(score: float, threshold: float) -> str:
-    """The verdict side a face's heat map explains: "fake" when score >= threshold, else "real"."""
-    return "fake" if score >= threshold else "real"
-
-
 def make_explainer(backend: Any) -> Explainer:
     """The explainer of a loaded scan backend (torch → Grad-CAM, onnx → occlusion), running on it."""
     kind = backend.info.backend

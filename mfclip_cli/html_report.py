@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from mfclip_cli.decision import decide
 from mfclip_cli.fsutil import atomic_write_text
-from mfclip_cli.report import DISAGREE_MARK, ItemResult, ScanResult, format_utc, safe_text, verdict_for
+from mfclip_cli.report import DISAGREE_MARK, ItemResult, ScanResult, format_utc, safe_text
 
 DEFAULT_THUMBS = 500  # items with pictures; the rest are listed without (see the module docstring)
 THUMB_SIDE = 320  # px, longer side of an item's thumbnail
@@ -133,7 +134,7 @@ def _overlay_uri(path: str | None) -> str | None:
 
 
 def _face_verdicts(item: Mapping[str, Any], threshold: float, band: float) -> list[str]:
-    return [verdict_for(f["score"], threshold, band) for f in item["faces"]]
+    return [decide(f["score"], threshold, band) for f in item["faces"]]
 
 
 def _crop_faces_wanted(item: Mapping[str, Any]) -> list[int]:
@@ -274,7 +275,7 @@ def _item_row(index: int, rank: int, item: Mapping[str, Any], pics: _Pictures | 
             for fr, s, uri, agg in sorted(pics.frames))
         info.append(f'<div class="frames">{strip}</div>')
     cells.append(f'<td class="info">{"".join(info)}</td>')
-    verdicts = [verdict_for(f["score"], threshold, band) for f in item["faces"]]
+    verdicts = [decide(f["score"], threshold, band) for f in item["faces"]]
     empty = _Pictures()
     faces = "".join(_face_entry(k, f, verdicts[k], pics or empty, threshold) for k, f in enumerate(item["faces"]))
     cells.append(f'<td class="faces"><ul>{faces}</ul></td>')

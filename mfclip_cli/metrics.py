@@ -1,7 +1,7 @@
 """Detection metrics as pure functions of arrays: AUC, AP, EER, ACC, bootstrap CIs, per-group rows.
 
-Conventions: ``scores`` are P(fake); ``labels`` are 1 = fake, 0 = real; a sample is predicted fake when
-``score >= threshold``. A metric that is undefined for the input (e.g. AUC with one class) is ``None``,
+Conventions: ``scores`` are P(fake); ``labels`` are 1 = fake, 0 = real; a sample is predicted fake by
+:func:`mfclip_cli.decision.is_fake`. A metric that is undefined for the input (e.g. AUC with one class) is ``None``,
 never NaN, so results serialise to strict JSON.
 """
 
@@ -14,83 +14,39 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-THRESHOLD_METHODS = ("eer", "target_fpr")
-
-
-def _as_binary(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Validated 1-D float scores and 0/1 int labels of equal length."""
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels).reshape(-1)
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels differ in length: {s.size} vs {y.size}")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("scores contain NaN or infinite values")
-    if y.size and not np.all((y == 0) | (y == 1)):
-        raise ValueError(f"labels must be 0 (real) or 1 (fake); got values {sorted(set(y.tolist()))[:5]}")
-    return s, y.astype(np.int64)
-
-
-def _has_both_classes(y: np.ndarray) -> bool:
-    return bool(np.any(y == 1) and np.any(y == 0))
+from .decision import equal_error_rate, has_both_classes, is_fake, scores_and_labels
 
 
 def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float | None:
     """ROC-AUC (sklearn's roc_auc_score), or None unless both classes are present."""
-    s, y = _as_binary(scores, labels)
-    if not _has_both_classes(y):
+    s, y = scores_and_labels(scores, labels)
+    if not has_both_classes(y):
         return None
     return float(roc_auc_score(y, s))
 
 
 def average_precision(scores: ArrayLike, labels: ArrayLike) -> float | None:
     """Average precision with fake as the positive class, or None unless both classes are present."""
-    s, y = _as_binary(scores, labels)
-    if not _has_both_classes(y):
+    s, y = scores_and_labels(scores, labels)
+    if not has_both_classes(y):
         return None
     return float(average_precision_score(y, s))
 
 
-def equal_error_rate(scores: ArrayLike, labels: ArrayLike) -> tuple[float | None, float | None]:
-    """(EER, threshold) where the false-positive and false-negative rates meet; (None, None) for one class.
-
-    The ROC is taken at every distinct score (sklearn ``roc_curve`` without dropping points). Between the
-    last operating point with FNR > FPR and the first with FNR <= FPR both rates are interpolated
-    linearly and the EER is their value at the crossing; the threshold is interpolated with the same
-    weight between the two points' score thresholds (when the crossing lies before the highest score,
-    that score is the threshold).
-    """
-    s, y = _as_binary(scores, labels)
-    if not _has_both_classes(y):
-        return None, None
-    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
-    fnr = 1.0 - tpr
-    diff = fnr - fpr  # starts at 1 (nothing flagged), ends at -1 (everything flagged); non-increasing
-    i = int(np.argmax(diff <= 0))
-    if diff[i] == 0:
-        return float(fpr[i]), float(thr[i])
-    w = diff[i - 1] / (diff[i - 1] - diff[i])
-    eer = fpr[i - 1] + w * (fpr[i] - fpr[i - 1])
-    if np.isfinite(thr[i - 1]):
-        threshold = thr[i - 1] + w * (thr[i] - thr[i - 1])
-    else:
-        threshold = thr[i]
-    return float(eer), float(threshold)
-
-
 def accuracy_at(scores: ArrayLike, labels: ArrayLike, threshold: float) -> float | None:
-    """Fraction of samples classified correctly when ``score >= threshold`` means fake; None if empty."""
-    s, y = _as_binary(scores, labels)
+    """Fraction of samples classified correctly (fake by :func:`~mfclip_cli.decision.is_fake`); None if empty."""
+    s, y = scores_and_labels(scores, labels)
     if s.size == 0:
         return None
-    return float(np.mean((s >= threshold).astype(np.int64) == y))
+    return float(np.mean(is_fake(s, threshold).astype(np.int64) == y))
 
 
 def _class_accuracies(s: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
     real, fake = s[y == 0], s[y == 1]
-    real_acc = float(np.mean(real < threshold)) if real.size else None
-    fake_acc = float(np.mean(fake >= threshold)) if fake.size else None
+    real_acc = float(np.mean(~is_fake(real, threshold))) if real.size else None
+    fake_acc = float(np.mean(is_fake(fake, threshold))) if fake.size else None
     return real_acc, fake_acc
 
 
@@ -124,8 +80,8 @@ def bootstrap_auc_ci(
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    s, y = _as_binary(scores, labels)
-    if n <= 0 or not _has_both_classes(y):
+    s, y = scores_and_labels(scores, labels)
+    if n <= 0 or not has_both_classes(y):
         return None
     n_real, n_fake = int(np.sum(y == 0)), int(np.sum(y == 1))
     auc_of = _weighted_auc_factory(s, y)
@@ -183,14 +139,14 @@ def binary_metrics(
     alpha: float = 0.05,
 ) -> BinaryMetrics:
     """All headline metrics of one sample set at ``threshold`` (+ a bootstrap AUC CI if ``bootstrap > 0``)."""
-    s, y = _as_binary(scores, labels)
+    s, y = scores_and_labels(scores, labels)
     if s.size == 0:
         raise ValueError("cannot compute metrics of an empty set of samples")
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
     eer, eer_thr = equal_error_rate(s, y)
     real_acc, fake_acc = _class_accuracies(s, y, threshold)
-    acc = float(np.mean((s >= threshold).astype(np.int64) == y))
+    acc = float(np.mean(is_fake(s, threshold).astype(np.int64) == y))
     return BinaryMetrics(
         n=int(s.size),
         n_real=int(np.sum(y == 0)),
@@ -207,46 +163,6 @@ def binary_metrics(
     )
 
 
-def choose_threshold(
-    scores: ArrayLike, labels: ArrayLike, method: str = "eer", target_fpr: float | None = None
-) -> tuple[float, dict[str, Any]]:
-    """A decision threshold chosen on validation data, and a dict saying how (stored in the checkpoint).
-
-    ``eer``: the EER threshold (needs both classes). ``target_fpr``: the lowest threshold whose
-    false-positive rate on the reals is at most ``target_fpr`` (needs reals only); when even the
-    highest real must not be flagged the threshold sits just above it.
-    """
-    s, y = _as_binary(scores, labels)
-    if method == "eer":
-        if target_fpr is not None:
-            raise ValueError("target_fpr is only used with method='target_fpr'")
-        eer, thr = equal_error_rate(s, y)
-        if eer is None or thr is None:
-            raise ValueError("method 'eer' needs both real and fake samples to choose a threshold")
-        return thr, {"method": "eer", "eer": eer}
-    if method == "target_fpr":
-        if target_fpr is None or not 0.0 <= target_fpr <= 1.0:
-            raise ValueError(f"method 'target_fpr' needs target_fpr in [0, 1], got {target_fpr}")
-        real = np.sort(s[y == 0])
-        if real.size == 0:
-            raise ValueError("method 'target_fpr' needs real samples to measure the false-positive rate")
-        candidates = np.append(np.unique(s), np.nextafter(s.max(), np.inf))
-        n_flagged = real.size - np.searchsorted(real, candidates, side="left")
-        fpr = n_flagged / real.size
-        # fpr is non-increasing in the threshold: take the first (lowest) candidate under the target.
-        ok = n_flagged <= target_fpr * real.size + 1e-9
-        thr = float(candidates[int(np.argmax(ok))])
-        fake = s[y == 1]
-        info: dict[str, Any] = {
-            "method": "target_fpr",
-            "target_fpr": float(target_fpr),
-            "fpr": float(fpr[int(np.argmax(ok))]),
-            "tpr": float(np.mean(fake >= thr)) if fake.size else None,
-        }
-        return thr, info
-    raise ValueError(f"unknown threshold method {method!r}; valid: {', '.join(THRESHOLD_METHODS)}")
-
-
 def video_level(
     scores: ArrayLike, labels: ArrayLike, groups: Sequence[Any]
 ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
@@ -254,7 +170,7 @@ def video_level(
 
     Raises ValueError when a group mixes real and fake labels (a split or manifest error).
     """
-    s, y = _as_binary(scores, labels)
+    s, y = scores_and_labels(scores, labels)
     groups = list(groups)
     if len(groups) != s.size:
         raise ValueError(f"groups and scores differ in length: {len(groups)} vs {s.size}")
@@ -302,7 +218,7 @@ def breakdown(
     ``attrs`` maps an attribute name (e.g. "generator", "kind", "family") to one value per sample; the
     values of real samples are ignored (labels decide what is real). Values are listed in sorted order.
     """
-    s, y = _as_binary(scores, labels)
+    s, y = scores_and_labels(scores, labels)
     rows = [Row("all", "all", binary_metrics(s, y, threshold, bootstrap, seed))]
     is_real = y == 0
     for attr, values in attrs.items():

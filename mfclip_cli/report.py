@@ -134,18 +134,6 @@ def _safe_json(obj: Any) -> Any:
     return obj
 
 
-def verdict_for(score: float, threshold: float, uncertain_band: float = 0.0) -> str:
-    """The verdict of one score: "uncertain" within ``uncertain_band`` of the threshold, else fake/real.
-
-    |score - threshold| < band → "uncertain"; score >= threshold → "fake"; otherwise "real".
-    """
-    if uncertain_band < 0:
-        raise ValueError(f"uncertain_band must be >= 0, got {uncertain_band}")
-    if abs(score - threshold) < uncertain_band:
-        return "uncertain"
-    return "fake" if score >= threshold else "real"
-
-
 def utc_now() -> datetime:
     """The current time as a timezone-aware UTC datetime (for ``started_at`` / ``finished_at``)."""
     return datetime.now(UTC)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .cpus import usable_cpus
+from .decision import decide, resolve_inference
 from .errors import MediaError, MfclipError
 from .faces import crop_faces, image_from_crop_transform, make_detector
 from .faces.types import CropPolicy, Face
@@ -36,7 +37,6 @@ from .report import (
     ScanResult,
     check_targets_against_inputs,
     utc_now,
-    verdict_for,
 )
 from .runtime import Backend, load_backend
 
@@ -207,13 +207,11 @@ def faces_to_explain(p: _Prepared, scores: np.ndarray, top_frac: float) -> list[
 def _explain_item(p: _Prepared, scores: np.ndarray, explainer: Explainer, threshold: float, grid: int,
                   opts: ScanOptions) -> list[FaceExplanation | None]:
     """Explanations of ``p``'s faces (None for faces not explained), from the arrays they were scored on."""
-    from .explain import target_for
-
     out: list[FaceExplanation | None] = [None] * len(p.faces)
     size = p.image.shape[-1]
     for i in faces_to_explain(p, scores, opts.video_top_frac):
         face = p.faces[i][0]
-        e = explainer.explain(p.image[i], p.noise[i], target_for(float(scores[i]), threshold))
+        e = explainer.explain(p.image[i], p.noise[i], decide(float(scores[i]), threshold))  # band 0: fake or real
         to_image = image_from_crop_transform(face, p.crop_policies[i])
         idx = int(p.patches[i])
         out[i] = FaceExplanation(
@@ -252,7 +250,7 @@ def _finish(p: _Prepared, scores: np.ndarray, threshold: float, opts: ScanOption
         return ItemResult(path=p.item.path, kind=kind, status="no_face", video=video, provenance=p.provenance)
     score = float(min(max(score, 0.0), 1.0))
     return ItemResult(path=p.item.path, kind=kind, status="ok", score=score,
-                      verdict=verdict_for(score, threshold, opts.uncertain_band), faces=faces, video=video,
+                      verdict=decide(score, threshold, opts.uncertain_band), faces=faces, video=video,
                       provenance=p.provenance)
 
 
@@ -283,12 +281,9 @@ def run_scan(
     started = utc_now()
     backend = backend or scan_backend(weights, opts)
     info = backend.info
-    policy = info.crop
-    if opts.min_face is not None or opts.detector is not None:
-        policy = CropPolicy(**{**policy.to_dict(),
-                               **({"min_face": opts.min_face} if opts.min_face is not None else {}),
-                               **({"detector": opts.detector} if opts.detector is not None else {})})
-    threshold = info.threshold if opts.threshold is None else opts.threshold
+    chosen = resolve_inference(info.threshold, info.crop, cli_threshold=opts.threshold, min_face=opts.min_face,
+                               detector=opts.detector)
+    policy, threshold = chosen.crop, chosen.threshold
     explainer = None
     if opts.explain:
         from .explain import make_explainer

@@ -30,11 +30,12 @@ from .data.layouts import read_dataset
 from .data.manifest import manifest_sha256, write_manifest_csv
 from .data.protocols import ProtocolSplit, make_protocol, write_split_files
 from .data.transforms import parity_chain, train_augment
+from .decision import choose_threshold, override_crop
 from .errors import MfclipError
 from .evaluate import report_for_set, score_entries
 from .faces.types import CropPolicy
 from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .metrics import binary_metrics, choose_threshold
+from .metrics import binary_metrics
 from .model import MFCLIPLoss, build_model, load_checkpoint, load_preset, save_checkpoint
 from .model.config import ModelConfig
 from .model.mfclip import MFCLIP
@@ -138,12 +139,10 @@ def _noop(event: str, payload: dict[str, Any]) -> None:
 
 # --- setup ---------------------------------------------------------------------------------------------------
 def crop_policy_for(opts: TrainOptions, size: int) -> CropPolicy:
+    """The crop policy training saves: the default policy for ``opts.crop`` < ``--crop-margin``."""
     if opts.crop == "none":
         return CropPolicy.none(size)
-    kw: dict[str, Any] = {"detector": opts.crop, "size": size}
-    if opts.crop_margin is not None:
-        kw["margin"] = opts.crop_margin
-    return CropPolicy(**kw)
+    return override_crop(CropPolicy(detector=opts.crop, size=size), margin=opts.crop_margin)
 
 
 def model_config_for(opts: TrainOptions) -> ModelConfig:

@@ -14,6 +14,15 @@ FACES_DIR = Path(os.environ.get("MFCLIP_SHARED_FACES") or Path(__file__).resolve
 EXTERNAL_DIR = Path(os.environ.get("MFCLIP_SHARED_EXTERNAL") or FACES_DIR.parent / "external")
 
 
+def separable_ish(seed: int, n_real: int = 120, n_fake: int = 80, shift: float = 1.0):
+    """Random scores in (0, 1) where fakes score higher on average."""
+    rng = np.random.default_rng(seed)
+    logits = np.concatenate([rng.normal(0, 1, n_real), rng.normal(shift, 1, n_fake)])
+    labels = np.concatenate([np.zeros(n_real, int), np.ones(n_fake, int)])
+    perm = rng.permutation(labels.size)
+    return 1 / (1 + np.exp(-logits[perm])), labels[perm]
+
+
 def _read_crop(path: Path, size: int = 224) -> np.ndarray:
     """RGB uint8 size x size crop of an image file (cv2 INTER_AREA resize, as the data pipeline does)."""
     import cv2

@@ -6,18 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import separable_ish
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mfclip_cli import metrics as M
-
-
-def separable_ish(seed: int, n_real: int = 120, n_fake: int = 80, shift: float = 1.0):
-    """Random scores in (0, 1) where fakes score higher on average."""
-    rng = np.random.default_rng(seed)
-    logits = np.concatenate([rng.normal(0, 1, n_real), rng.normal(shift, 1, n_fake)])
-    labels = np.concatenate([np.zeros(n_real, int), np.ones(n_fake, int)])
-    perm = rng.permutation(labels.size)
-    return 1 / (1 + np.exp(-logits[perm])), labels[perm]
 
 
 def brute_force_eer(scores, labels) -> float:
@@ -108,45 +100,6 @@ def test_bad_inputs_are_refused():
         M.roc_auc([0.1, float("nan")], [0, 1])
     with pytest.raises(ValueError, match="empty"):
         M.binary_metrics([], [], 0.5)
-
-
-def test_choose_threshold_eer_returns_the_eer_threshold():
-    s, y = separable_ish(5)
-    thr, info = M.choose_threshold(s, y, "eer")
-    assert info["method"] == "eer"
-    assert (info["eer"], thr) == M.equal_error_rate(s, y)
-
-
-@pytest.mark.parametrize("target", [0.0, 0.01, 0.05, 0.1, 0.5, 1.0])
-def test_choose_threshold_target_fpr_keeps_real_fpr_under_target(target):
-    s, y = separable_ish(6)
-    real = s[y == 0]
-    thr, info = M.choose_threshold(s, y, "target_fpr", target_fpr=target)
-    fpr = np.mean(real >= thr)
-    assert fpr <= target + 1e-12
-    assert info["fpr"] == pytest.approx(fpr)
-    # lowest such threshold: the next lower distinct score would exceed the target
-    lower = s[s < thr]
-    if lower.size:
-        assert np.mean(real >= lower.max()) > target
-
-
-def test_choose_threshold_lower_target_means_higher_threshold_and_works_on_reals_only():
-    s, y = separable_ish(8)
-    t_strict, _ = M.choose_threshold(s, y, "target_fpr", target_fpr=0.01)
-    t_loose, _ = M.choose_threshold(s, y, "target_fpr", target_fpr=0.2)
-    assert t_strict > t_loose
-    thr, info = M.choose_threshold(s[y == 0], y[y == 0], "target_fpr", target_fpr=0.1)
-    assert info["tpr"] is None and np.mean(s[y == 0] >= thr) <= 0.1
-
-
-def test_choose_threshold_rejects_unknown_method_and_missing_target():
-    with pytest.raises(ValueError, match="valid: eer, target_fpr"):
-        M.choose_threshold([0.1, 0.9], [0, 1], "youden")
-    with pytest.raises(ValueError, match="target_fpr"):
-        M.choose_threshold([0.1, 0.9], [0, 1], "target_fpr")
-    with pytest.raises(ValueError, match="both"):
-        M.choose_threshold([0.1, 0.9], [1, 1], "eer")
 
 
 def test_video_level_means_frames_per_video_in_first_seen_order():

@@ -211,15 +211,6 @@ def test_video_warnings_are_reported_only_when_present(schema):
     assert "warnings" not in quiet.to_json()["video"]
 
 
-@pytest.mark.parametrize(
-    "score, band, verdict",
-    [(0.5, 0.0, "fake"), (0.49, 0.0, "real"), (0.52, 0.05, "uncertain"), (0.46, 0.05, "uncertain"),
-     (0.55, 0.05, "fake"), (0.44, 0.05, "real"), (0.9, 0.05, "fake")],
-)  # fmt: skip
-def test_verdict_for_with_uncertain_band(score, band, verdict):
-    assert R.verdict_for(score, 0.5, band) == verdict
-
-
 def test_csv_has_one_row_per_face_and_one_per_faceless_item(tmp_path):
     out = tmp_path / "report.csv"
     R.write_csv(make_result(), out)
