@@ -12,6 +12,19 @@ import pytest
 FACES_DIR = Path(os.environ.get("MFCLIP_SHARED_FACES") or Path(__file__).resolve().parents[2] / "shared" / "data" / "faces")
 # the external benchmark sets (generic trees from sources absent from FACES_DIR), beside it by default
 EXTERNAL_DIR = Path(os.environ.get("MFCLIP_SHARED_EXTERNAL") or FACES_DIR.parent / "external")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def require_shipped(path: Path) -> Path:
+    """``path``, a shipped file under weights/; when it is missing the calling test fails (never skips) in a
+    git checkout, where weights/ is tracked. Only a tree without git (an unpacked sdist) skips it."""
+    if path.is_file():
+        return path
+    if (REPO / ".git").exists():
+        pytest.fail(f"shipped file {path} is missing from this git checkout, where weights/ is tracked: restore "
+                    f"it with `git checkout -- weights/` (or unset MFCLIP_WEIGHTS if it points elsewhere)",
+                    pytrace=False)
+    pytest.skip(f"{path} is not shipped in this tree (no git checkout)")
 
 
 def separable_ish(seed: int, n_real: int = 120, n_fake: int = 80, shift: float = 1.0):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -11,9 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import require_shipped
 
 from mfclip_cli.errors import MfclipError
-from mfclip_cli.export import ExportResult, export_model, synthetic_face_crops
+from mfclip_cli.export import SYNTHETIC_CROPS, ExportResult, export_model, synthetic_face_crops
 from mfclip_cli.faces.types import CropPolicy
 from mfclip_cli.fsutil import sha256_file
 from mfclip_cli.model import (
@@ -99,7 +101,7 @@ def test_graphs_are_single_files_without_external_data(exported):
 
 # --- parity --------------------------------------------------------------------------------------------
 
-def test_reported_parity_is_within_tolerance_at_batch_1_3_8(exported):
+def test_reported_parity_is_within_tolerance_at_batch_1_3_8(exported, torch_model):
     assert exported.parity_inputs == "synthetic"
     for graph in ("image_encoder", "text_encoder"):
         figures = [f for f in exported.parity if f.graph == graph]
@@ -107,6 +109,38 @@ def test_reported_parity_is_within_tolerance_at_batch_1_3_8(exported):
         assert all(f.passed and f.worst <= 1e-4 for f in figures)
     assert exported.max_parity_diff <= 1e-4
     assert _manifest(exported)["parity"]["figures"] == [f.to_dict() for f in exported.parity]
+    # the reported figures are what the written graph really does: measured again here, on the same crops
+    crops = synthetic_face_crops(SYNTHETIC_CROPS, torch_model.cfg.preprocess.size)[:8]
+    image, noise = prepare_batch(crops, torch_model.cfg.preprocess)
+    session = ort.InferenceSession(exported.image_encoder, providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        ref_logits = torch_model.forward_head(torch_model.forward_features(torch.from_numpy(image),
+                                                                           torch.from_numpy(noise)))
+    ref = {"p_fake": ref_logits.softmax(-1)[:, 1].numpy(), "logits": ref_logits.numpy()}
+    for f in (f for f in exported.parity if f.graph == "image_encoder"):
+        got = dict(zip(("p_fake", "logits"), session.run(None, {"image": image[:f.batch], "noise": noise[:f.batch]})))
+        for name in ("p_fake", "logits"):
+            measured = float(np.abs(got[name].astype(np.float64) - ref[name][:f.batch]).max())
+            assert f.max_abs_diff[name] == pytest.approx(measured, abs=1e-6), (f.batch, name)
+
+
+def test_a_graph_that_does_not_reproduce_torch_is_rejected_by_the_parity_gate(checkpoint, tmp_path, monkeypatch):
+    """The gate at the default tolerance: a graph traced from perturbed weights is refused, nothing written."""
+    import mfclip_cli.export as E
+
+    def perturbed(encoder, example):
+        broken = copy.deepcopy(encoder)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in broken.parameters():
+                p.add_(1e-2 * torch.randn(p.shape, generator=gen))
+        return broken
+
+    monkeypatch.setattr(E, "static_same_padding", perturbed)
+    out = tmp_path / "out"
+    with pytest.raises(MfclipError, match=r"does not reproduce torch within 0\.0001 .*image_encoder batch 1: p_fake"):
+        export_model(str(checkpoint), str(out), text=False, parity_batches=(1, 3))
+    assert not out.exists()
 
 
 def test_onnxruntime_reproduces_torch_outputs(exported, torch_model, batches):
@@ -342,9 +376,7 @@ def test_shipped_effnet_export_has_no_runtime_padding():
     """The shipped graph pads inside its convolutions: no Pad nodes, no Pad-driven layout reorders."""
     from mfclip_cli.paths import default_checkpoint
 
-    graph = default_checkpoint().parent / "mfclip_default_onnx" / "image_encoder.onnx"
-    if not graph.is_file():
-        pytest.skip("no shipped ONNX export")
+    graph = require_shipped(default_checkpoint().parent / "mfclip_default_onnx" / "image_encoder.onnx")
     counts = _op_counts(graph)
     assert counts.get("Pad", 0) == 0
     assert counts["Conv"] >= 50

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import FACES_DIR
+from conftest import FACES_DIR, REPO, require_shipped
 
 from mfclip_cli.paths import default_checkpoint
 from mfclip_cli.scan import ScanOptions, run_scan
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 ONNX_DIR = default_checkpoint().with_name(default_checkpoint().stem + "_onnx")
 
-pytestmark = pytest.mark.skipif(not default_checkpoint().is_file(), reason="no shipped default checkpoint")
+
+@pytest.fixture(autouse=True, scope="module")
+def _shipped_weights() -> None:
+    require_shipped(default_checkpoint())
+    require_shipped(ONNX_DIR / "manifest.json")
 
 
 def _face_scores(result) -> dict[tuple[str, int | None, int], float]:
