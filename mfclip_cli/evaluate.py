@@ -828,8 +828,8 @@ def _evaluate_suite_set(set_dir: Path, model: MFCLIP, threshold: float, policy: 
                         seed: int, batch_size: int, device: str, workers: int, robustness: bool,
                         train_hashes16: list[str] | None, emit: SuiteHook) -> SuiteSetResult:
     from .data.crops import CropCache, prepare_crops
-    from .data.layouts import is_media_file
     from .data.transforms import PERTURBATIONS
+    from .media import is_media_file
     from .paths import cache_dir
 
     name = set_dir.name

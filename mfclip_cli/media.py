@@ -28,6 +28,8 @@ IMAGE_EXTS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp"}
 )
 VIDEO_EXTS: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+# The one media-extension table: scan discovery and the training/eval dataset layouts both read it.
+MEDIA_EXTS: frozenset[str] = IMAGE_EXTS | VIDEO_EXTS
 
 # Composite colour for transparent pixels: mid-grey is neutral for a detector (close to the mean of
 # the usual normalisations) and, unlike dropping alpha, never exposes whatever RGB hides under alpha=0.
@@ -110,6 +112,11 @@ def kind_from_extension(path: str) -> Kind | None:
     if ext in VIDEO_EXTS:
         return "video"
     return None
+
+
+def is_media_file(path: str | os.PathLike) -> bool:
+    """True for an image or video file by extension (case-insensitive)."""
+    return kind_from_extension(os.fspath(path)) is not None
 
 
 def _read_head(path: str) -> bytes:
@@ -256,7 +263,7 @@ class _Collector:
                 path,
                 "not_media",
                 f"{path}: not an image or video (unknown content and extension). "
-                f"Supported: {', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))}.",
+                f"Supported: {', '.join(sorted(MEDIA_EXTS))}.",
             )
             return
         self._add(path, kind)
@@ -291,7 +298,7 @@ class _Collector:
                 root,
                 "no_media",
                 f"{root}: folder holds no image or video files "
-                f"(looked for {', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))}, and by content).",
+                f"(looked for {', '.join(sorted(MEDIA_EXTS))}, and by content).",
             )
 
     def add_argument(self, arg: str) -> None:

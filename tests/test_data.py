@@ -45,6 +45,20 @@ def write_png(root: Path, rel: str, value: int = 128) -> Path:
     return path
 
 
+def test_dataset_layouts_read_every_extension_a_scan_discovers(tmp_path):
+    """One extension table: .jfif images and .m4v videos are scanned and also read as training data."""
+    from mfclip_cli.media import MEDIA_EXTS, kind_from_extension
+
+    assert {".jfif", ".m4v"} <= MEDIA_EXTS
+    for i, ext in enumerate(sorted(MEDIA_EXTS)):
+        touch(tmp_path, f"real/cam/r{i}{ext.upper() if i % 2 else ext}")
+        touch(tmp_path, f"fake/face_swap/simswap/f{i}{ext}")
+    touch(tmp_path, "real/cam/notes.txt")
+    recs = read_generic(tmp_path)
+    assert sorted(Path(r.path).suffix.lower() for r in recs) == sorted(2 * list(MEDIA_EXTS))
+    assert all(kind_from_extension(r.path) is not None for r in recs)
+
+
 @pytest.fixture
 def generic_tree(tmp_path: Path) -> Path:
     write_png(tmp_path, "real/src_a/a1.jpg")

@@ -24,12 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..media import is_media_file
 from .manifest import Record, read_manifest_csv
 from .taxonomy import KINDS, Label, label_for_generator, lookup_generator
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
-MEDIA_EXTENSIONS: frozenset[str] = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 LAYOUTS: tuple[str, ...] = ("auto", "generic", "genface", "diff", "csv")
 SPLIT_DIRS: tuple[str, ...] = ("train", "val", "test")
@@ -53,11 +50,6 @@ LAYOUT_HELP = """Expected one of these dataset layouts:
             ROOT/{train,val,test}/fake/{EFS,FS,AM}/{Diffusion,GAN}/[<generator>/]**
   DiFF:     ROOT/real/** (or Real/, original/)  and  ROOT/{T2I,I2I,FS,FE}/<method>/**
   csv:      a manifest CSV with columns path,label[,kind,family,generator,source,group,split]"""
-
-
-def is_media_file(path: str | os.PathLike) -> bool:
-    """True for an image or video file by extension (case-insensitive)."""
-    return Path(path).suffix.lower() in MEDIA_EXTENSIONS
 
 
 def _subdirs(folder: Path) -> dict[str, Path]:
