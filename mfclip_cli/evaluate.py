@@ -58,6 +58,7 @@ from .data.crops import CropEntry, SkippedEntry
 from .data.dataset import CropDataset
 from .decision import choose_threshold, is_fake
 from .errors import MfclipError
+from .fsutil import jsonable
 from .metrics import BinaryMetrics, Row, binary_metrics, breakdown, video_level
 from .model.mfclip import MFCLIP
 
@@ -265,17 +266,10 @@ class EvalResult:
     calibrated_checkpoint: dict[str, Any] | None = None
     plots: list[str] = field(default_factory=list)
 
-    def set_report(self, name: str) -> SetReport:
-        """The report of the set called ``name``; KeyError listing the set names otherwise."""
-        for s in self.sets:
-            if s.name == name:
-                return s
-        raise KeyError(f"no set {name!r}; sets: {', '.join(s.name for s in self.sets)}")
-
     def to_dict(self) -> dict[str, Any]:
         from . import __version__
 
-        return _jsonable({
+        return jsonable({
             "schema": SCHEMA_ID,
             "tool": {"name": "mfclip", "version": __version__},
             "checkpoint": {"path": self.checkpoint, "sha256": self.checkpoint_sha256},
@@ -294,18 +288,6 @@ class EvalResult:
             "plots": list(self.plots),
             "settings": self.settings,
         })
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # --- choosing the sets ---------------------------------------------------------------------------------------
@@ -464,7 +446,7 @@ def calibrate_threshold(root: str, model: MFCLIP, meta: dict[str, Any], opts: Ev
         value, info = choose_threshold(scores, labels, method, opts.target_fpr)
     except ValueError as exc:
         raise MfclipError(f"--calibrate {root}: {exc}") from None
-    threshold = {**_jsonable(info), "value": float(value), "method": method, "data": str(root),
+    threshold = {**jsonable(info), "value": float(value), "method": method, "data": str(root),
                  "n_real": int(np.sum(labels == 0)), "n_fake": int(np.sum(labels == 1)),
                  "standardize": opts.standardize, "previous": meta.get("threshold")}
     new_meta = {k: v for k, v in meta.items() if k not in ("sha256", "path")}
@@ -742,7 +724,7 @@ class SuiteResult:
     def to_dict(self) -> dict[str, Any]:
         from . import __version__
 
-        return _jsonable({
+        return jsonable({
             "schema": SUITE_SCHEMA_ID,
             "tool": {"name": "mfclip", "version": __version__},
             "checkpoint": {"path": self.checkpoint, "sha256": self.checkpoint_sha256},

@@ -1,13 +1,16 @@
-"""Small filesystem helpers: atomic writes and content hashes."""
+"""Small filesystem helpers: atomic writes, content hashes, and values made ready for strict JSON."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -55,6 +58,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    """Hex SHA-256 of a byte string."""
-    return hashlib.sha256(data).hexdigest()
+def jsonable(obj: Any) -> Any:
+    """``obj`` ready for strict JSON: numpy scalars as Python numbers, NaN/inf as None, tuples as lists,
+    mapping keys as strings."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -34,7 +34,7 @@ from .decision import choose_threshold, override_crop
 from .errors import MfclipError
 from .evaluate import report_for_set, score_entries
 from .faces.types import CropPolicy
-from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
 from .metrics import binary_metrics
 from .model import MFCLIPLoss, build_model, load_checkpoint, load_preset, save_checkpoint
 from .model.config import ModelConfig
@@ -505,7 +505,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         improved = val_loss < best_loss
         if improved:
             best_loss, best_epoch, bad_epochs, threshold = val_loss, epoch, 0, thr
-            meta = {"threshold": {"value": thr, "method": "on validation", **_jsonable(thr_info)},
+            meta = {"threshold": {"value": thr, "method": "on validation", **jsonable(thr_info)},
                     "preprocess": {**cfg.preprocess.to_dict(), "crop": policy.to_dict()},
                     "taxonomy": {"generators": sorted({e.record.generator for e in train_e})},
                     "training": {**training, "best_epoch": epoch, "val": m.to_dict(), "val_loss": val_loss,
@@ -520,7 +520,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         _save_state(state_path, optimizer, scheduler,
                     {"epoch": epoch, "best_val_loss": best_loss, "best_epoch": best_epoch,
                      "bad_epochs": bad_epochs, "threshold": threshold}, scaler)
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(_jsonable(h)) + "\n" for h in history))
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(jsonable(h)) + "\n" for h in history))
         callback("epoch_end", {**asdict(log), "improved": improved})
         if kill_after_epoch is not None and epoch == kill_after_epoch:
             os._exit(137)  # test hook: simulate a crash right after an epoch's state is on disk
@@ -544,7 +544,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
             scores = score_entries(best_model, ents, batch_size=opts.batch_size, device=device)
             tests[name] = report_for_set(name, ents, scores, thr, bootstrap=opts.bootstrap, seed=opts.seed,
                                          n_skipped=n_skipped_by_set[name]).to_dict()
-        atomic_write_json(run_dir / "test_metrics.json", _jsonable(tests))
+        atomic_write_json(run_dir / "test_metrics.json", jsonable(tests))
         callback("tests", tests)
     return TrainResult(str(run_dir), str(best_ckpt), epochs_run, best_epoch, best_loss, threshold, tests,
                        len(skipped))
@@ -558,18 +558,6 @@ def _early_stop_agreed(distributed: bool, stop: bool, device: str) -> bool:
     torch.distributed.broadcast(flag, src=0)
     return bool(flag.item())
 
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -92,14 +92,6 @@ def patch_box(index: int, size: int, grid: int) -> tuple[int, int, int, int]:
     return c * pw, r * ph, (c + 1) * pw, (r + 1) * ph
 
 
-def extract_patch(crop: np.ndarray, index: int, grid: int) -> np.ndarray:
-    """The ``index``-th (row-major) patch of a g x g grid over ``crop``."""
-    h, w = crop.shape[:2]
-    ph, pw = h // grid, w // grid
-    r, c = divmod(index, grid)
-    return crop[r * ph : (r + 1) * ph, c * pw : (c + 1) * pw]
-
-
 @lru_cache(maxsize=8)
 def face_mask(size: int, kind: str) -> np.ndarray | None:
     """Boolean (size, size) mask of the pixels kept, or None for no mask."""
