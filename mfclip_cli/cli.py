@@ -13,7 +13,11 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .data.layouts import LAYOUTS
+from .data.protocols import PROTOCOLS
 from .errors import MfclipError
+from .faces.types import DETECTOR_NAMES, POLICY_DETECTORS
+from .model.config import available_presets
 
 app = typer.Typer(
     name="mfclip",
@@ -91,7 +95,7 @@ def scan(
     max_faces: Annotated[int | None, typer.Option(help="Score at most this many faces per image/frame (largest first).")] = None,
     min_face: Annotated[int | None, typer.Option(help="Ignore faces whose box is smaller (pixels).")] = None,
     no_face: Annotated[str, typer.Option(help="skip: report no_face | full: score the whole image.")] = "skip",
-    detector: Annotated[str | None, typer.Option(help="Override the checkpoint's face detector: retinaface | insightface | haar.")] = None,
+    detector: Annotated[str | None, typer.Option(help="Override the checkpoint's face detector: " + " | ".join(DETECTOR_NAMES) + ".")] = None,
     fps: Annotated[float | None, typer.Option(help="Video: frames sampled per second.")] = 1.0,
     frames: Annotated[int | None, typer.Option(help="Video: at most this many sampled frames.")] = 32,
     video_top: Annotated[float, typer.Option(help="Video score = mean of the top fraction of frame scores.")] = 0.25,
@@ -261,15 +265,15 @@ def _scan(signals: _ScanSignals, *, paths, json_out, csv_out, jsonl_out, html_ou
 @app.command()
 def train(
     data: Annotated[str | None, typer.Option("--data", help="Dataset root (generic, GenFace or DiFF tree) or a CSV manifest.")] = None,
-    protocol: Annotated[str, typer.Option(help="in-domain | cross-generator | cross-forgery | cross-dataset | leave-source-out")] = "in-domain",
+    protocol: Annotated[str, typer.Option(help=" | ".join(PROTOCOLS))] = "in-domain",
     out: Annotated[Path | None, typer.Option("--out", help="Run folder to create.")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder after a crash.")] = None,
     test_generators: Annotated[str | None, typer.Option(help="cross-generator: comma-separated held-out generators.")] = None,
     train_generators: Annotated[str | None, typer.Option(help="cross-generator: comma-separated training generators.")] = None,
     train_kind: Annotated[str | None, typer.Option(help="cross-forgery: the forgery kind trained on.")] = None,
     test_data: Annotated[str | None, typer.Option(help="cross-dataset: the test dataset root.")] = None,
-    layout: Annotated[str, typer.Option(help="auto | generic | genface | diff | csv")] = "auto",
-    preset: Annotated[str, typer.Option(help="Model preset: tiny | effnet-lite0 | ViT-B-16 | ViT-B-32 | ViT-L-14")] = "effnet-lite0",
+    layout: Annotated[str, typer.Option(help=" | ".join(LAYOUTS))] = "auto",
+    preset: Annotated[str, typer.Option(help="Model preset: " + " | ".join(available_presets()))] = "effnet-lite0",
     clip_weights: Annotated[str | None, typer.Option(help="Local CLIP weights file for ViT presets (instead of the 'openai' tag).")] = None,
     online: Annotated[bool, typer.Option("--online", help="Allow downloading pretrained weights from the model hub.")] = False,
     spa: Annotated[str | None, typer.Option(help="pair | matrix | none")] = None,
@@ -282,7 +286,7 @@ def train(
     image_init: Annotated[str | None, typer.Option(help="Image tower start for timm presets: efficientnet-lite0 (ImageNet) | random.")] = None,
     freeze_image: Annotated[bool, typer.Option(help="Freeze the image tower.")] = False,
     freeze_text: Annotated[bool, typer.Option(help="Freeze the text tower.")] = False,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping, patience 5).")] = 100,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (training stops early after --patience epochs without a better validation loss).")] = 100,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 24,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
     patience: Annotated[int, typer.Option(help="Early-stopping patience on validation loss.")] = 5,
@@ -298,7 +302,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
     workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 2,
-    crop: Annotated[str, typer.Option(help="Face crops: retinaface | insightface | haar | none (pre-aligned data).")] = "retinaface",
+    crop: Annotated[str, typer.Option(help="Face crops: " + " | ".join(POLICY_DETECTORS) + " (none: pre-aligned data).")] = "retinaface",
     crop_margin: Annotated[float | None, typer.Option(help="Margin around the aligned face (fraction).")] = None,
     run: Annotated[int | None, typer.Option(help="leave-source-out: train only this run (1-based).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
@@ -344,7 +348,7 @@ def eval_cmd(
     checkpoint: Annotated[str, typer.Argument(help="MFCLIP checkpoint (.safetensors).")],
     data: Annotated[str | None, typer.Option("--data", help="Dataset root or CSV manifest.")] = None,
     suite: Annotated[str | None, typer.Option("--suite", help="Folder whose every sub-folder is a dataset root: one table row per set, then mean AUC, min AUC and worst real-ACC.")] = None,
-    layout: Annotated[str, typer.Option(help="auto | generic | genface | diff | csv")] = "auto",
+    layout: Annotated[str, typer.Option(help=" | ".join(LAYOUTS))] = "auto",
     split: Annotated[str | None, typer.Option(help="Evaluate only this split (train | val | test) of the data.")] = None,
     protocol: Annotated[str | None, typer.Option(help="Evaluate the test sets of a protocol (as in train).")] = None,
     test_generators: Annotated[str | None, typer.Option(help="cross-generator: held-out generators.")] = None,

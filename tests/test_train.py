@@ -51,6 +51,20 @@ def _explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
 
 
+def test_train_help_lists_the_presets_layouts_and_protocols_of_the_registries():
+    from typer.testing import CliRunner
+
+    from mfclip_cli.data.layouts import LAYOUTS
+    from mfclip_cli.data.protocols import PROTOCOLS
+    from mfclip_cli.model import available_presets
+
+    res = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400", "NO_COLOR": "1"})
+    assert res.exit_code == 0, res.output
+    assert "Model preset: " + " | ".join(available_presets()) in res.output
+    assert " | ".join(LAYOUTS) in res.output and " | ".join(PROTOCOLS) in res.output
+    assert "patience 5" not in res.output  # the default lives on --patience alone
+
+
 # --- learning and the run folder ----------------------------------------------------------------------
 @pytest.mark.slow
 def test_tiny_model_learns_a_checkerboard_upsampler_artefact(tmp_path, train_cache, train_texture_set_factory):

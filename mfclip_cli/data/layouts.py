@@ -28,7 +28,6 @@ from ..media import is_media_file
 from .manifest import Record, read_manifest_csv
 from .taxonomy import KINDS, Label, label_for_generator, lookup_generator
 
-LAYOUTS: tuple[str, ...] = ("auto", "generic", "genface", "diff", "csv")
 SPLIT_DIRS: tuple[str, ...] = ("train", "val", "test")
 
 GENFACE_KINDS: dict[str, str] = {"efs": "entire_synthesis", "fs": "face_swap", "am": "face_edit"}
@@ -280,6 +279,7 @@ _READERS: dict[str, Callable[[str | os.PathLike], list[Record]]] = {
     "diff": read_diff,
     "csv": read_csv,
 }
+LAYOUTS: tuple[str, ...] = ("auto", *_READERS)  # "auto" detects one of the readers' layouts
 
 
 def read_dataset(root: str | os.PathLike, layout: str = "auto") -> list[Record]:
