@@ -60,6 +60,7 @@ from .decision import choose_threshold, is_fake
 from .errors import MfclipError
 from .fsutil import jsonable
 from .metrics import BinaryMetrics, Row, binary_metrics, breakdown, video_level
+from .model.metadata import checkpoint_crop_policy, checkpoint_threshold, threshold_record
 from .model.mfclip import MFCLIP
 
 if TYPE_CHECKING:
@@ -512,14 +513,13 @@ def run_eval(opts: EvalOptions, progress: bool = False) -> EvalResult:
     from .fsutil import atomic_write_json
     from .model.checkpoint import load_checkpoint
     from .runtime import resolve_device
-    from .runtime.torch_backend import crop_policy_from_meta, threshold_from_meta
 
     _check_options(opts)
     device = resolve_device(opts.device)
     model, meta = load_checkpoint(opts.checkpoint, device=device)
-    policy = crop_policy_from_meta(meta)
+    policy = checkpoint_crop_policy(meta)
     if not opts.calibrate:
-        threshold_from_meta(meta)  # a checkpoint without a valid threshold fails before any file is cropped
+        checkpoint_threshold(meta)  # a checkpoint without a valid threshold fails before any file is cropped
     records = read_dataset(opts.data, opts.layout)
     sets, notes = select_sets(opts, records, meta)
     evaluated = _unique_by_path([r for recs in sets.values() for r in recs])
@@ -553,9 +553,7 @@ def run_eval(opts: EvalOptions, progress: bool = False) -> EvalResult:
 
         calibrated = None
         if not opts.calibrate:  # calibrating chooses a new one: an old checkpoint without a threshold is fine
-            recorded = meta.get("threshold") if isinstance(meta.get("threshold"), dict) else {}
-            threshold = {**recorded, "value": threshold_from_meta(meta), "source": "checkpoint"}
-            threshold.setdefault("method", "unknown")
+            threshold = {**threshold_record(meta), "source": "checkpoint"}
         else:
             new_thr, calibrated, calib_hashes = calibrate_threshold(opts.calibrate, model, meta, opts, policy,
                                                                     device, bar)
@@ -915,13 +913,12 @@ def run_suite(checkpoint: str | Path, suite_dir: str | Path, *, bootstrap: int =
     """
     from .model.checkpoint import load_checkpoint
     from .runtime import resolve_device
-    from .runtime.torch_backend import crop_policy_from_meta, threshold_from_meta
 
     device = resolve_device(device)
     suite_set_dirs(suite_dir)  # a wrong folder fails before the model is loaded
     model, meta = load_checkpoint(checkpoint, device=device)
     hashes = meta.get("training", {}).get("file_hashes16") or None
-    return run_suite_model(model, threshold_from_meta(meta), crop_policy_from_meta(meta), suite_dir,
+    return run_suite_model(model, checkpoint_threshold(meta), checkpoint_crop_policy(meta), suite_dir,
                            bootstrap=bootstrap, seed=seed, batch_size=batch_size, device=device, workers=workers,
                            robustness=robustness, on_event=on_event, train_hashes16=hashes,
                            checkpoint=str(checkpoint), checkpoint_sha256=meta["sha256"])

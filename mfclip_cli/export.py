@@ -32,6 +32,7 @@ from .errors import MfclipError
 from .fsutil import atomic_write_json, sha256_file
 from .metrics import roc_auc
 from .model.checkpoint import load_checkpoint
+from .model.metadata import checkpoint_crop_policy, checkpoint_threshold
 from .model.mfclip import MFCLIP, ImageEncoder
 from .model.preprocess import PreprocessConfig, prepare_batch
 from .runtime.onnx_backend import (
@@ -45,7 +46,6 @@ from .runtime.onnx_backend import (
     TEXT_OUTPUTS,
     open_session,
 )
-from .runtime.torch_backend import crop_policy_from_meta, threshold_from_meta
 
 MIN_OPSET = 17
 MAX_OPSET = 20  # highest opset of torch's TorchScript exporter
@@ -233,7 +233,7 @@ def export_model(
     _check_target(out, overwrite, Path(checkpoint))
     fp16_method = _fp16_method() if fp16 else None  # fail before any work when fp16 cannot be made
     model, meta = load_checkpoint(checkpoint, device="cpu")
-    threshold_from_meta(meta), crop_policy_from_meta(meta)  # no decision rule, no export: fail before the work
+    checkpoint_threshold(meta), checkpoint_crop_policy(meta)  # no decision rule, no export: fail before the work
     if text is True and model.text is None:
         raise MfclipError(
             f"{checkpoint} was saved without its text tower, so there is no text encoder to export; "
@@ -799,10 +799,10 @@ def _manifest(model: MFCLIP, meta: dict[str, Any], folder: Path, opset: int, tol
                        "format_version": meta.get("format_version"), "dtype": meta.get("dtype")},
         "model": {"embed_dim": model.embed_dim, "branches": cfg.branches, "fusion": cfg.fusion,
                   "include_text": text is not None},
-        "threshold": threshold_from_meta(meta),
+        "threshold": checkpoint_threshold(meta),
         "threshold_source": meta.get("threshold"),
         "preprocess": cfg.preprocess.to_dict(),
-        "crop": crop_policy_from_meta(meta).to_dict(),
+        "crop": checkpoint_crop_policy(meta).to_dict(),
         "crop_source": "checkpoint",
         "opset": opset,
         "exporter": EXPORTER,

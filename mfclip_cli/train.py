@@ -38,6 +38,7 @@ from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, js
 from .metrics import binary_metrics
 from .model import MFCLIPLoss, build_model, load_checkpoint, load_preset, save_checkpoint
 from .model.config import ModelConfig
+from .model.metadata import checkpoint_threshold
 from .model.mfclip import MFCLIP
 from .paths import cache_dir
 
@@ -536,7 +537,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
     if main_proc:
         _plot_curves(history, run_dir)
         best_model, best_meta = load_checkpoint(best_ckpt, device=device)
-        thr = float(best_meta["threshold"]["value"])
+        thr = checkpoint_threshold(best_meta)
         n_skipped_by_set = {name: len(recs) - len(tests_e[name]) for name, recs in split.tests.items()}
         for name, ents in tests_e.items():
             if not ents:

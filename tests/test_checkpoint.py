@@ -209,3 +209,14 @@ def test_tensors_that_do_not_fit_the_declared_config_are_a_checkpoint_error(tmp_
     save_file(tensors, str(partial), metadata={META_KEY: json.dumps(read_checkpoint_meta(good))})
     with pytest.raises(CheckpointError, match="missing.*mlp_head.1.weight"):
         load_checkpoint(partial)
+
+
+def test_threshold_record_keeps_how_the_threshold_was_chosen_and_checks_its_value():
+    from mfclip_cli.errors import CheckpointError
+    from mfclip_cli.model.metadata import threshold_record
+
+    meta = {"path": "m.safetensors", "threshold": {"value": 0.4, "method": "eer", "eer": 0.1}}
+    assert threshold_record(meta) == {"value": 0.4, "method": "eer", "eer": 0.1}
+    assert threshold_record({"threshold": 0.3}) == {"value": 0.3, "method": "unknown"}
+    with pytest.raises(CheckpointError, match="m.safetensors records no decision threshold"):
+        threshold_record({"path": "m.safetensors"})

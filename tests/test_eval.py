@@ -298,11 +298,11 @@ def test_cli_eval_suite_scores_each_set_and_summarises_the_scorable_ones(env, su
 def test_suite_real_acc_is_per_real_source_at_the_threshold(env, suite_dir, monkeypatch):
     from mfclip_cli.evaluate import run_suite, run_suite_model
     from mfclip_cli.model.checkpoint import load_checkpoint
-    from mfclip_cli.runtime.torch_backend import crop_policy_from_meta, threshold_from_meta
+    from mfclip_cli.model.metadata import checkpoint_crop_policy, checkpoint_threshold
 
     monkeypatch.setenv("MFCLIP_CACHE", str(env["base"] / "cache"))
     model, meta = load_checkpoint(env["ckpt"])
-    policy = crop_policy_from_meta(meta)
+    policy = checkpoint_crop_policy(meta)
     kw = {"workers": 0, "batch_size": 16}
     # threshold 0 flags every image fake, one above 1 none: real-ACC 0 and 1 for every source
     flag_all = run_suite_model(model, 0.0, policy, suite_dir, **kw)
@@ -316,7 +316,7 @@ def test_suite_real_acc_is_per_real_source_at_the_threshold(env, suite_dir, monk
     # the checkpoint path and the loaded model give the same numbers; events report every set
     events = []
     by_path = run_suite(env["ckpt"], suite_dir, on_event=events.append, **kw)
-    by_model = run_suite_model(model, threshold_from_meta(meta), policy, suite_dir, **kw)
+    by_model = run_suite_model(model, checkpoint_threshold(meta), policy, suite_dir, **kw)
     assert by_path.summary == by_model.summary
     assert by_path.set_result("a_normal").rows == by_model.set_result("a_normal").rows
     assert [e.set_name for e in events if e.stage == "set"] == ["a_normal", "b_broken", "c_empty", "d_reals_only"]

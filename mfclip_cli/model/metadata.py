@@ -48,11 +48,17 @@ def _checkpoint_threshold_value(meta: dict[str, Any]) -> Any:
     return thr.get("value") if isinstance(thr, dict) else thr
 
 
-def checkpoint_threshold(meta: dict[str, Any], where: str) -> float:
+def _where(meta: dict[str, Any], where: str | None) -> str:
+    return where if where is not None else str(meta.get("path", "the checkpoint"))
+
+
+def checkpoint_threshold(meta: dict[str, Any], where: str | None = None) -> float:
     """The decision threshold recorded in checkpoint metadata (a number, or ``{"value": number, ...}``).
 
-    A checkpoint without one has no decision rule: that is an error, not 0.5.
+    A checkpoint without one has no decision rule: that is an error, not 0.5. ``where`` names the file in
+    errors (default: the ``path`` that load_checkpoint records).
     """
+    where = _where(meta, where)
     value = _checkpoint_threshold_value(meta)
     if value is None:
         raise CheckpointError(
@@ -62,8 +68,18 @@ def checkpoint_threshold(meta: dict[str, Any], where: str) -> float:
     return check_threshold(value, where)
 
 
-def checkpoint_crop_policy(meta: dict[str, Any], where: str) -> CropPolicy:
+def threshold_record(meta: dict[str, Any], where: str | None = None) -> dict[str, Any]:
+    """How the checkpoint's threshold was chosen, with its checked ``value`` (``method`` "unknown" if unsaid)."""
+    thr = meta.get("threshold")
+    recorded = dict(thr) if isinstance(thr, dict) else {}
+    recorded["value"] = checkpoint_threshold(meta, where)
+    recorded.setdefault("method", "unknown")
+    return recorded
+
+
+def checkpoint_crop_policy(meta: dict[str, Any], where: str | None = None) -> CropPolicy:
     """The face-crop policy recorded in checkpoint metadata (``preprocess.crop``); missing is an error."""
+    where = _where(meta, where)
     crop = (meta.get("preprocess") or {}).get("crop") if isinstance(meta.get("preprocess"), dict) else None
     if crop is None:
         raise CheckpointError(

@@ -5,20 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..faces.types import CropPolicy
 from ..model.checkpoint import load_checkpoint
 from ..model.metadata import checkpoint_crop_policy, checkpoint_threshold
 from . import ModelInfo, resolve_device
-
-
-def crop_policy_from_meta(meta: dict) -> CropPolicy:
-    """The checkpoint's crop policy; a checkpoint without a valid one is a CheckpointError."""
-    return checkpoint_crop_policy(meta, str(meta.get("path", "the checkpoint")))
-
-
-def threshold_from_meta(meta: dict) -> float:
-    """The checkpoint's decision threshold, a number in [0, 1]; missing or invalid is a CheckpointError."""
-    return checkpoint_threshold(meta, str(meta.get("path", "the checkpoint")))
 
 
 class TorchBackend:
@@ -30,8 +19,8 @@ class TorchBackend:
         self.device = resolve_device(device)
         self.model, self.meta = load_checkpoint(checkpoint, device=self.device)
         self.info = ModelInfo(
-            path=str(checkpoint), sha256=self.meta["sha256"], threshold=threshold_from_meta(self.meta),
-            preprocess=self.model.cfg.preprocess, crop=crop_policy_from_meta(self.meta), backend="torch",
+            path=str(checkpoint), sha256=self.meta["sha256"], threshold=checkpoint_threshold(self.meta),
+            preprocess=self.model.cfg.preprocess, crop=checkpoint_crop_policy(self.meta), backend="torch",
             device=self.device, extra={"preset": self.model.cfg.preset},
         )
 
