@@ -27,6 +27,26 @@ def require_shipped(path: Path) -> Path:
     pytest.skip(f"{path} is not shipped in this tree (no git checkout)")
 
 
+def signal_after_first_line(cmd: list[str], lines: Path, sig: int, timeout: float = 300.0) -> tuple[int, str]:
+    """Run ``cmd`` (from the repository), send ``sig`` once ``lines`` holds a first complete line;
+    (exit code, stderr)."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (lines.exists() and lines.read_bytes().count(b"\n") >= 1):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return code, proc.stderr.read().decode()
+
+
 def separable_ish(seed: int, n_real: int = 120, n_fake: int = 80, shift: float = 1.0):
     """Random scores in (0, 1) where fakes score higher on average."""
     rng = np.random.default_rng(seed)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import signal_after_first_line
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -299,7 +300,6 @@ def test_patch_index_is_the_patch_the_noise_input_was_cut_from():
 @pytest.mark.slow
 def test_sigterm_mid_scan_writes_the_page_marked_interrupted(tmp_path):
     import sys
-    import time
 
     many = tmp_path / "many"
     many.mkdir()
@@ -308,18 +308,8 @@ def test_sigterm_mid_scan_writes_the_page_marked_interrupted(tmp_path):
     page, jsonl = tmp_path / "partial.html", tmp_path / "items.jsonl"
     cmd = [sys.executable, "-m", "mfclip_cli", "scan", str(many), "--workers", "1", "--batch-size", "1",
            "--html", str(page), "--jsonl", str(jsonl), "-q"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while not (jsonl.exists() and jsonl.read_bytes().count(b"\n") >= 1):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert code == 143, proc.stderr.read().decode()
+    code, stderr = signal_after_first_line(cmd, jsonl, signal.SIGTERM)
+    assert code == 143, stderr
     rows = parse_page(page).rows
     assert 1 <= len(rows) < 60
     assert len(rows) == jsonl.read_bytes().count(b"\n")

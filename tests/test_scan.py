@@ -23,6 +23,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from conftest import signal_after_first_line
 
 from mfclip_cli.report import CSV_COLUMNS, exit_code_for, load_scan_schema
 
@@ -514,18 +515,7 @@ def test_sigterm_mid_scan_exits_143_with_partial_report(scan_checkpoint, scan_as
     cmd = [sys.executable, "-m", "mfclip_cli", "scan", str(many), "--weights", str(scan_checkpoint),
            "--workers", "1", "--batch-size", "1", "--threshold", "1.0", "--json", str(report_path),
            "--jsonl", str(jsonl_path), "-q"]  # threshold 1: nothing flagged, the old code exited 0
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while not (jsonl_path.exists() and jsonl_path.read_bytes().count(b"\n") >= 1):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    stderr = proc.stderr.read().decode()
+    code, stderr = signal_after_first_line(cmd, jsonl_path, signal.SIGTERM)
     assert code == 143 and "Traceback" not in stderr and "SIGTERM" in stderr, (code, stderr)
     report = json.loads(report_path.read_text("utf-8"))
     validate_report(report)
