@@ -56,6 +56,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                     [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3"]),
     "H-F-5epochs": ("F trained five times as long (5 passes of at most 150 steps, best by validation loss)",
                     [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "5"]),
+    "G-seed1": ("G with seed 1 (another split, sampling and initialisation of the heads): how much of a gap is luck",
+                [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3", "--seed", "1"]),
 }
 
 
