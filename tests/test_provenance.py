@@ -81,7 +81,7 @@ def read_bytes(tmp_path: Path, data: bytes, name: str, kind: str = "image") -> P
 
 
 @pytest.fixture(scope="session")
-def test_signer() -> c2pa.Signer:
+def c2pa_test_signer() -> c2pa.Signer:
     """A C2PA ES256 signer: a throw-away CA and a leaf certificate it issued (digitalSignature, emailProtection),
     generated for this session. No trust list knows the CA, so its manifests validate as untrusted."""
     from cryptography import x509
@@ -138,8 +138,8 @@ def c2pa_sign(signer: c2pa.Signer, asset: bytes, mime: str, source_type: str,
 
 
 @pytest.fixture(scope="session")
-def signed_capture_jpeg(test_signer) -> bytes:
-    return c2pa_sign(test_signer, jpeg_bytes(noise_rgb(1)), "image/jpeg", "digitalCapture")
+def signed_capture_jpeg(c2pa_test_signer) -> bytes:
+    return c2pa_sign(c2pa_test_signer, jpeg_bytes(noise_rgb(1)), "image/jpeg", "digitalCapture")
 
 
 # ------------------------------------------------------------------------------ what each file claims
@@ -215,8 +215,8 @@ def test_c2pa_manifest_signed_by_a_test_certificate_reports_signer_and_untrusted
     assert c.actions == ("c2pa.created",) and c.digital_source_type == IPTC + "digitalCapture"
 
 
-def test_c2pa_generated_source_type_claims_generated(tmp_path, test_signer):
-    data = c2pa_sign(test_signer, jpeg_bytes(noise_rgb(2)), "image/jpeg", "trainedAlgorithmicMedia",
+def test_c2pa_generated_source_type_claims_generated(tmp_path, c2pa_test_signer):
+    data = c2pa_sign(c2pa_test_signer, jpeg_bytes(noise_rgb(2)), "image/jpeg", "trainedAlgorithmicMedia",
                      claim_generator="Adobe Firefly")  # fmt: skip
     p = read_bytes(tmp_path, data, "firefly.jpg")
     assert p.status == "claims_generated"
@@ -294,9 +294,9 @@ def test_status_rules_in_order(c2pa_info, xmp, hints, status):
     assert P.status_of(c2pa_info, xmp, hints) == status
 
 
-def test_signed_video_manifest_is_read(tmp_path, test_signer):
+def test_signed_video_manifest_is_read(tmp_path, c2pa_test_signer):
     mp4 = (Path(__file__).parents[1] / "examples" / "astronaut_pan.mp4").read_bytes()
-    p = read_bytes(tmp_path, c2pa_sign(test_signer, mp4, "video/mp4", "trainedAlgorithmicMedia"), "v.mp4", "video")
+    p = read_bytes(tmp_path, c2pa_sign(c2pa_test_signer, mp4, "video/mp4", "trainedAlgorithmicMedia"), "v.mp4", "video")
     assert p.status == "claims_generated" and p.c2pa.validation_state == "Valid"
 
 
@@ -382,7 +382,7 @@ def scan_report(tmp_path: Path, checkpoint: Path, *args: str) -> dict:
 
 
 @pytest.mark.slow
-def test_metadata_cannot_change_the_score(tmp_path, tiny_checkpoint, test_signer):
+def test_metadata_cannot_change_the_score(tmp_path, tiny_checkpoint, c2pa_test_signer):
     """Copies with identical pixels and different claims score identically; only provenance differs."""
     from skimage import data
 
@@ -393,7 +393,7 @@ def test_metadata_cannot_change_the_score(tmp_path, tiny_checkpoint, test_signer
         "a1111.png": png_bytes(rgb, {"parameters": A1111_PARAMETERS}),
         "plain.jpg": plain_jpeg,
         "xmp.jpg": inject_xmp_app1(plain_jpeg, xmp_packet(IPTC + "trainedAlgorithmicMedia", "Midjourney")),
-        "c2pa.jpg": c2pa_sign(test_signer, plain_jpeg, "image/jpeg", "digitalCapture"),
+        "c2pa.jpg": c2pa_sign(c2pa_test_signer, plain_jpeg, "image/jpeg", "digitalCapture"),
     }
     folder = tmp_path / "in"
     folder.mkdir()
