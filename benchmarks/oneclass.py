@@ -163,7 +163,10 @@ def main() -> None:
 
     model_scores = checkpoint_scores(model, policy)
     val = split == "val"
-    val_shas = set(np.array(pool["sha"])[val].tolist())
+    pool_val_p = model_scores(args.pool, set(np.array(pool["sha"])[val].tolist()))
+    pv = np.array([pool_val_p.get(sha, np.nan) for sha in np.array(pool["sha"])[val]])
+    # the fusion's z-scores, fixed on the pool's validation files (nothing is chosen on the suite)
+    oc_mu, oc_sd, p_mu, p_sd = pool_s[val].mean(), pool_s[val].std(), np.nanmean(pv), np.nanstd(pv)
     for set_dir in sorted(p for p in args.suite.iterdir() if p.is_dir()):
         s = describe(set_dir, None, args.seed, policy)
         sy, ss = np.array(s["y"]), score(np.array(s["d"]))
@@ -174,27 +177,21 @@ def main() -> None:
                 continue
             m = (src == g) | (sy == 0)
             row["by_source"][g] = auc(sy[m], ss[m])
-        if model_scores is not None:
-            p = np.array([model_scores(set_dir).get(sha, np.nan) for sha in s["sha"]])
-            pv = np.array([model_scores(args.pool, val_shas).get(sha, np.nan) for sha in np.array(pool["sha"])[val]])
-            ok = np.isfinite(p)
-            z1 = (ss - pool_s[val].mean()) / pool_s[val].std()
-            z2 = (p - np.nanmean(pv)) / np.nanstd(pv)
-            row["model_auc"] = auc(sy[ok], p[ok])
-            row["fused_auc"] = auc(sy[ok], (z1 + z2)[ok] / 2)
+        p = np.array([model_scores(set_dir).get(sha, np.nan) for sha in s["sha"]])
+        ok = np.isfinite(p)
+        fused = ((ss - oc_mu) / oc_sd + (p - p_mu) / p_sd) / 2
+        row["model_auc"], row["fused_auc"] = auc(sy[ok], p[ok]), auc(sy[ok], fused[ok])
         result["suite"][set_dir.name] = row
         print(f"{set_dir.name}: one-class AUC {row['auc']:.3f}  "
               + "  ".join(f"{g} {v:.3f}" for g, v in row["by_source"].items())
-              + (f"  | model {row['model_auc']:.3f}  fused {row['fused_auc']:.3f}" if "model_auc" in row else ""))
+              + f"  | model {row['model_auc']:.3f}  fused {row['fused_auc']:.3f}")
     aucs = [r["auc"] for r in result["suite"].values()]
     result["suite_mean_auc"], result["suite_min_auc"] = float(np.mean(aucs)), float(np.min(aucs))
-    if model_scores is not None:
-        fused = [r["fused_auc"] for r in result["suite"].values()]
-        result["fused_mean_auc"], result["fused_min_auc"] = float(np.mean(fused)), float(np.min(fused))
+    fused = [r["fused_auc"] for r in result["suite"].values()]
+    result["fused_mean_auc"], result["fused_min_auc"] = float(np.mean(fused)), float(np.min(fused))
     result["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"suite mean {result['suite_mean_auc']:.3f}, min {result['suite_min_auc']:.3f}"
-          + (f"; fused mean {result['fused_mean_auc']:.3f}, min {result['fused_min_auc']:.3f}"
-             if "fused_mean_auc" in result else "") + f" ({result['seconds']} s)")
+          + f"; fused mean {result['fused_mean_auc']:.3f}, min {result['fused_min_auc']:.3f} ({result['seconds']} s)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -40,5 +40,6 @@ def table(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(table(json.loads(Path(sys.argv[1]).read_text())))
-    print(f"\nthreshold {json.loads(Path(sys.argv[1]).read_text())['threshold']}")
+    report = json.loads(Path(sys.argv[1]).read_text())
+    print(table(report))
+    print(f"\nthreshold {report['threshold']}")

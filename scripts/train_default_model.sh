@@ -27,7 +27,7 @@ save_checkpoint(sys.argv[2], model, meta=keep, half=True, include_text=False)
 PY
 uv run mfclip export weights/mfclip_default.safetensors --out weights/mfclip_default_onnx --overwrite
 uv run mfclip eval weights/mfclip_default.safetensors --data "$DATA" --split test --test-frac 0.05 --seed 0 \
-  --robustness --bootstrap 200 --json "$RUN/eval_test.json"
+  --robustness --bootstrap 200 --json benchmarks/results/default_model_in_pool_test.json
 # the headline: every set of the external suite (sources the model never saw)
 uv run mfclip eval weights/mfclip_default.safetensors --suite ../shared/data/external --bootstrap 200 \
   --json benchmarks/results/default_model_suite.json
