@@ -56,6 +56,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                     [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3"]),
     "H-F-5epochs": ("F trained five times as long (5 passes of at most 150 steps, best by validation loss)",
                     [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "5"]),
+    "I-G-patches": (("G with a local image branch: the tower sees a 3 x 3 grid of 80 px squares of the 224 px crop, "
+                     "embeddings averaged, so no image feature sees the whole face (issue #14 item 2b)"),
+                    [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3",
+                     "--image-patches", "3", "--image-patch-px", "80"]),
+    "J-G-swap": (("G + swap-blended pseudo-fakes: a further quarter of the reals with another real's inner face "
+                  "pasted in (resolution drop, colour matched towards the target, soft inner-face mask)"),
+                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi+swap", "--epochs", "3"]),
     "G-seed1": ("G with seed 1 (another split, sampling and initialisation of the heads): how much of a gap is luck",
                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3", "--seed", "1"]),
 }

@@ -283,6 +283,8 @@ def train(
     lora_rank: Annotated[int | None, typer.Option(help="LoRA rank on the CLIP towers (0 = off).")] = None,
     noise_residual: Annotated[str | None, typer.Option(help="What the noise branch reads: srm (SRM bank) | npr (x - up(down(x)) residuals).")] = None,
     colour_norm: Annotated[str | None, typer.Option(help="Image-branch input: fixed (preset mean/std) | per-crop (each channel standardised over the face, so brightness, contrast and colour cast carry no signal).")] = None,
+    image_patches: Annotated[int | None, typer.Option(help="Image tower input: 0 = the whole crop; N = an N x N grid of --image-patch-px squares, embeddings averaged (local evidence only).")] = None,
+    image_patch_px: Annotated[int | None, typer.Option(help="Side of each image patch in pixels of the model input (with --image-patches).")] = None,
     image_init: Annotated[str | None, typer.Option(help="Image tower start for timm presets: efficientnet-lite0 (ImageNet) | random.")] = None,
     freeze_image: Annotated[bool, typer.Option(help="Freeze the image tower.")] = False,
     freeze_text: Annotated[bool, typer.Option(help="Freeze the text tower.")] = False,
@@ -297,7 +299,7 @@ def train(
     parity: Annotated[str, typer.Option(help="off | on: every training image, real or fake, gets a resize -> JPEG history drawn from one distribution (incl. the external suite's 256² q90) before its face is cut.")] = "off",
     balance: Annotated[str, typer.Option(help="Training sampler: none | sources (each class half the draws; sources weighted by the square root of their size).")] = "none",
     target_fpr: Annotated[float | None, typer.Option("--target-fpr", help="Choose the threshold for this false-positive rate on the validation reals (default: EER).")] = None,
-    pseudo_fakes: Annotated[str, typer.Option(help="none | sbi: add self-blended copies of a quarter of the training reals as face-swap fakes.")] = "none",
+    pseudo_fakes: Annotated[str, typer.Option(help="none | sbi: add self-blended copies of a quarter of the training reals as face-swap fakes | sbi+swap: also a quarter pasted with another real's inner face (simulated swaps).")] = "none",
     test_frac: Annotated[float, typer.Option(help="in-domain / cross-generator / cross-forgery: share of groups held out for test.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
@@ -322,6 +324,7 @@ def train(
             overrides = {"spa": spa, "branches": branches, "fusion": fusion, "lora_rank": lora_rank,
                          "noise_residual": noise_residual, "colour_norm": colour_norm,
                          "pretrained": clip_weights, "image_init": image_init,
+                         "image_patches": image_patches, "image_patch_px": image_patch_px,
                          "prompt_levels": tuple(int(x) for x in prompt_levels.split(",")) if prompt_levels else None}
             opts = TrainOptions(
                 data=data, out=str(out), protocol=protocol, layout=layout, test_generators=csv_list(test_generators),

@@ -173,8 +173,9 @@ def resolve_splits(opts: TrainOptions) -> list[ProtocolSplit]:
 
 
 BALANCES = ("none", "sources")
-PSEUDO_FAKES = ("none", "sbi")
+PSEUDO_FAKES = ("none", "sbi", "sbi+swap")
 SBI_SHARE = 0.25  # self-blended pseudo-fakes per training real
+SWAP_SHARE = 0.25  # swap-blended pseudo-fakes per training real (sbi+swap)
 
 
 def self_blended_entries(reals: list[CropEntry], seed: int) -> list[CropEntry]:
@@ -188,6 +189,28 @@ def self_blended_entries(reals: list[CropEntry], seed: int) -> list[CropEntry]:
     pick = sorted(rng.choice(len(reals), size=round(SBI_SHARE * len(reals)), replace=False).tolist())
     return [replace(reals[i], record=replace(reals[i].record, label=label, source="self_blended",
                                              group=f"sbi:{reals[i].record.group}")) for i in pick]
+
+
+def swap_blended_entries(reals: list[CropEntry], seed: int) -> tuple[list[CropEntry], list[CropEntry]]:
+    """Copies of a seeded ``SWAP_SHARE`` of the real entries relabelled as swap-blended face-swap fakes, and
+    for each its donor: another real of a different group (another person or photo), drawn with the seed."""
+    from dataclasses import replace
+
+    from .data.taxonomy import Label
+
+    label = Label.fake("face_swap", "unknown", "swap-blended")
+    rng = np.random.default_rng([seed, 11])
+    n = len(reals)
+    pick = sorted(rng.choice(n, size=round(SWAP_SHARE * n), replace=False).tolist())
+    fakes, donors = [], []
+    for i in pick:
+        j = int(rng.integers(n))
+        while n > 1 and reals[j].record.group == reals[i].record.group:
+            j = int(rng.integers(n))
+        fakes.append(replace(reals[i], record=replace(reals[i].record, label=label, source="swap_blended",
+                                                      group=f"swap:{reals[i].record.group}")))
+        donors.append(reals[j])
+    return fakes, donors
 
 
 def source_balanced_weights(entries: list[CropEntry]) -> np.ndarray:
@@ -397,16 +420,21 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         callback("resumed", {"epoch": start_epoch})
 
     parity = None if chain is None else (chain, policy)
-    blend, blend_from = None, None
-    if opts.pseudo_fakes == "sbi":
+    blend, blend_from, donors = None, None, {}
+    if opts.pseudo_fakes in ("sbi", "sbi+swap"):
         from .data.transforms import SelfBlend
         from .faces import template_in_crop
 
         blend_from = len(train_e)
-        train_e = train_e + self_blended_entries([e for e in train_e if e.record.y == 0], opts.seed)
+        reals = [e for e in train_e if e.record.y == 0]
+        train_e = train_e + self_blended_entries(reals, opts.seed)
+        if opts.pseudo_fakes == "sbi+swap":
+            swaps, swap_donors = swap_blended_entries(reals, opts.seed)
+            donors = {len(train_e) + k: d for k, d in enumerate(swap_donors)}
+            train_e = train_e + swaps
         blend = SelfBlend(tuple(map(tuple, template_in_crop(policy).tolist())))
     train_ds = CropDataset(train_e, cfg.preprocess, augment=train_augment(opts.augment), seed=opts.seed,
-                           parity=parity, blend=blend, blend_from=blend_from)
+                           parity=parity, blend=blend, blend_from=blend_from, donors=donors)
     sampler = None
     gen = torch.Generator()
     if opts.balance == "sources" and not distributed:

@@ -225,3 +225,88 @@ def test_colour_norm_travels_in_the_model_config():
     assert ModelConfig.from_dict(cfg.to_dict()).preprocess.colour_norm == "per-crop"
     with pytest.raises(ValueError, match="colour normalisation"):
         load_preset("tiny").with_overrides(colour_norm="auto")
+
+
+# --- swap-blended pseudo-fakes ---------------------------------------------------------------------------
+def test_swap_blended_entries_pair_a_quarter_of_the_reals_with_donors_of_other_groups():
+    from mfclip_cli.train import swap_blended_entries
+
+    reals = [_entry(0, "src", i) for i in range(40)]
+    fakes, donors = swap_blended_entries(reals, seed=0)
+    assert len(fakes) == len(donors) == 10
+    assert all(f.record.y == 1 and f.record.label.kind == "face_swap" for f in fakes)
+    assert all(f.record.group != f"swap:{d.record.group}" and f.crop_path != d.crop_path
+               for f, d in zip(fakes, donors, strict=True))
+    assert swap_blended_entries(reals, seed=0) == (fakes, donors)
+    assert swap_blended_entries(reals, seed=1)[1] != donors
+
+
+def test_swap_blend_pastes_the_donors_inner_face_and_keeps_the_corners(read_crop, face_paths):
+    crop = read_crop(face_paths["real/london_faceset"][2])
+    donor = read_crop(face_paths["real/utkface"][1])
+    blend = SelfBlend(tuple(map(tuple, template_in_crop(POLICY).tolist())))
+    out = blend(crop, np.random.default_rng(5), donor)
+    assert out.shape == crop.shape and out.dtype == np.uint8
+    inner = (slice(95, 135), slice(85, 140))  # between the eyes and the mouth
+
+    def grey(a):
+        return a[inner].astype(float).mean(axis=2)
+
+    def corr(a, b):
+        return float(np.corrcoef(grey(a).ravel(), grey(b).ravel())[0, 1])
+
+    # the inner face's structure follows the donor (colour is matched towards the crop, so compare patterns)
+    assert corr(out, donor) > corr(out, crop) + 0.2
+    diff = np.abs(out.astype(int) - crop.astype(int)).sum(axis=2)
+    assert diff[:12, :12].max() == 0 and diff[-12:, -12:].max() == 0
+    assert np.array_equal(out, blend(crop, np.random.default_rng(5), donor))
+
+
+def test_dataset_swaps_the_entries_that_have_a_donor(read_crop, face_paths, tmp_path):
+    import cv2
+
+    from mfclip_cli.model.preprocess import PreprocessConfig
+
+    paths = []
+    for k, folder in enumerate(("real/london_faceset", "real/utkface")):
+        png = tmp_path / f"{k}.png"
+        cv2.imwrite(str(png), cv2.cvtColor(read_crop(face_paths[folder][3]), cv2.COLOR_RGB2BGR))
+        paths.append(png)
+    a, b = (CropEntry(Record(f"/x{k}.jpg", Label.real(), "s", f"g{k}"), str(p), "0" * 64) for k, p in enumerate(paths))
+    blend = SelfBlend(tuple(map(tuple, template_in_crop(POLICY).tolist())))
+    ds = CropDataset([a, a, a], PreprocessConfig(), blend=blend, blend_from=1, donors={2: b})
+    plain, self_blended, swapped = ds[0][0], ds[1][0], ds[2][0]
+    assert not torch.equal(plain, swapped) and not torch.equal(self_blended, swapped)
+    # the same draws without the donor give the self-blend path, so the donor is what made the difference
+    assert torch.equal(CropDataset([a, a, a], PreprocessConfig(), blend=blend, blend_from=1)[2][0],
+                       CropDataset([a, a, a], PreprocessConfig(), blend=blend, blend_from=1, donors={})[2][0])
+
+
+# --- local image branch (patch grid) ---------------------------------------------------------------------
+def test_image_patches_average_the_tower_over_a_grid_that_covers_the_crop():
+    cfg = load_preset("effnet-lite0").with_overrides(image_patches=3, image_patch_px=80)
+    model = build_model(cfg, load_pretrained=False, seed=0).eval()
+    assert model.patch_origins() == [0, 72, 144]  # 144 + 80 = 224: the last patch ends at the crop's edge
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        v = model.encode_image(x)
+        by_hand = torch.stack([model.visual(x[:, :, y:y + 80, z:z + 80]) for y in (0, 72, 144)
+                               for z in (0, 72, 144)]).mean(dim=0)
+        whole = build_model(load_preset("effnet-lite0"), load_pretrained=False, seed=0).eval().encode_image(x)
+    assert v.shape == (2, cfg.clip_config["embed_dim"])
+    assert torch.allclose(v, by_hand, atol=1e-5)
+    assert not torch.allclose(v, whole, atol=1e-3)
+    # a change confined to one corner moves the embedding through the patches that contain it only
+    y = x.clone()
+    y[:, :, :60, :60] += 1.0
+    with torch.no_grad():
+        moved = model.encode_image(y) - v
+        corner = (model.visual(y[:, :, :80, :80]) - model.visual(x[:, :, :80, :80])) / 9
+    assert torch.allclose(moved, corner, atol=1e-5)
+
+
+def test_image_patches_are_validated():
+    with pytest.raises(MfclipError, match="image patches"):
+        load_preset("effnet-lite0").with_overrides(image_patches=3, image_patch_px=300)
+    with pytest.raises(MfclipError, match="convolutional image tower"):
+        build_model(load_preset("tiny").with_overrides(image_patches=2), seed=0)

@@ -45,7 +45,8 @@ class CropDataset(Dataset):
     def __init__(self, entries: list[CropEntry], pre: PreprocessConfig, augment: TrainAugment | None = None,
                  seed: int = 0, perturbation: str | Callable[[np.ndarray], np.ndarray] | None = None,
                  parity: tuple[ParityChain, CropPolicy] | None = None, fixed_epoch: int | None = None,
-                 blend: SelfBlend | None = None, blend_from: int | None = None):
+                 blend: SelfBlend | None = None, blend_from: int | None = None,
+                 donors: dict[int, CropEntry] | None = None):
         self.entries = entries
         self.pre = pre
         self.augment = augment
@@ -56,11 +57,20 @@ class CropDataset(Dataset):
         # entries from index ``blend_from`` on are self-blended pseudo-fakes made from real crops
         self.blend = blend
         self.blend_from = len(entries) if blend_from is None else blend_from
+        # of those, entries listed here are swap pseudo-fakes: the donor's inner face pasted onto the crop
+        self.donors = donors or {}
         # a name from transforms.PERTURBATIONS, or any RGB -> RGB callable (eval's --standardize pipeline)
         self.perturb = get_perturbation(perturbation) if isinstance(perturbation, str) else perturbation
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _sized(self, crop: np.ndarray) -> np.ndarray:
+        if crop.shape[:2] == (self.pre.size, self.pre.size):
+            return crop
+        import cv2
+
+        return cv2.resize(crop, (self.pre.size, self.pre.size), interpolation=cv2.INTER_AREA)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -74,12 +84,12 @@ class CropDataset(Dataset):
             crop = recut_with_parity(entry.record.path, entry.face, policy, chain, rng)
         else:
             crop = load_crop(entry.crop_path)
-        if crop.shape[:2] != (self.pre.size, self.pre.size):
-            import cv2
-
-            crop = cv2.resize(crop, (self.pre.size, self.pre.size), interpolation=cv2.INTER_AREA)
+        crop = self._sized(crop)
         if self.blend is not None and index >= self.blend_from:
-            crop = self.blend(crop, rng)
+            donor = self.donors.get(index)
+            if donor is not None:
+                donor = self._sized(load_crop(donor.crop_path))
+            crop = self.blend(crop, rng, donor)
         if self.augment is not None:
             crop = self.augment(crop, rng)
         if self.perturb is not None:

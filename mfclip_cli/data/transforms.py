@@ -194,7 +194,7 @@ class SelfBlend:
     through a soft mask, leaving the seams and statistic mismatches a face swap or edit leaves.
 
     ``landmarks`` are the five template points in the crop (eyes, nose, mouth corners), where alignment puts
-    every face. Every call draws the same number of values.
+    every face. Every call of one mode (self-blend or swap) draws the same number of values.
     """
 
     landmarks: tuple[tuple[float, float], ...]
@@ -204,14 +204,25 @@ class SelfBlend:
     mask_sigma: tuple[float, float] = (2.0, 9.0)
     alpha: tuple[float, float] = (0.5, 1.0)
 
-    def __call__(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, crop: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None = None) -> np.ndarray:
+        """The blended crop. ``donor``: another real face's aligned crop (same size) whose inner face is pasted
+        instead of the crop's own, after a resolution drop to a swapper's working size: a simulated face swap
+        (identity, skin tone, sharpness and JPEG history differ across the seam)."""
         crop = _for_cv(crop)
         size = crop.shape[0]
         v = rng.random(12)
         # the altered copy: colour gains and offset, blur or sharpen, a small similarity warp
+        src = crop if donor is None else _for_cv(donor)
+        if donor is not None:
+            # swappers synthesise the face at 128-256 px and paste it back resized; the drop is drawn so the
+            # pasted face ends between 40 % and 100 % of the crop's resolution
+            drop = 0.4 + 0.6 * rng.random()
+            small = max(8, round(size * drop))
+            src = cv2.resize(cv2.resize(src, (small, small), interpolation=cv2.INTER_AREA), (size, size),
+                             interpolation=cv2.INTER_LINEAR)
         gains = 1.0 + (v[0:3] - 0.5) * 0.16
         offset = (v[3] - 0.5) * 20.0
-        src = np.clip(crop.astype(np.float32) * gains + offset, 0, 255)
+        src = np.clip(src.astype(np.float32) * gains + offset, 0, 255)
         sigma = 0.4 + 1.2 * v[4]
         soft = cv2.GaussianBlur(src, (0, 0), sigma)
         src = soft if v[5] < 0.5 else np.clip(src + (src - soft) * (0.5 + v[6]), 0, 255)
@@ -220,16 +231,29 @@ class SelfBlend:
         m = cv2.getRotationMatrix2D((size / 2, size / 2), 0.0, z)
         m[:, 2] += (dx, dy)
         src = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-        # the mask: the landmarks' convex hull grown about its centre, softened
+        # the mask: the landmarks' convex hull grown about its centre, softened (a swap keeps to the inner face)
         pts = np.asarray(self.landmarks, np.float32)
         centre = pts.mean(axis=0)
-        grow = self.hull_scale[0] + (self.hull_scale[1] - self.hull_scale[0]) * v[10]
+        lo, hi = self.hull_scale if donor is None else (1.15, 1.6)
+        grow = lo + (hi - lo) * v[10]
         pts = centre + (pts - centre) * np.array([grow, grow * 1.15], np.float32)
         mask = np.zeros((size, size), np.float32)
         cv2.fillConvexPoly(mask, cv2.convexHull(pts.astype(np.int32)), 1.0)
-        s_lo, s_hi = self.mask_sigma
+        s_lo, s_hi = self.mask_sigma if donor is None else (4.0, 10.0)
         mask = cv2.GaussianBlur(mask, (0, 0), s_lo + (s_hi - s_lo) * v[11])
-        mask *= rng.uniform(*self.alpha)
+        if donor is not None:
+            # swap tools match the pasted face's colour to the target's, mostly: per-channel mean and spread
+            # inside the mask moved towards the crop's by a drawn share
+            w = mask[..., None] / max(float(mask.sum()), 1.0)
+            base = crop.astype(np.float32)
+            mu_s, mu_t = (src * w).sum((0, 1)), (base * w).sum((0, 1))
+            sd_s = np.sqrt(((src - mu_s) ** 2 * w).sum((0, 1))) + 1e-3
+            sd_t = np.sqrt(((base - mu_t) ** 2 * w).sum((0, 1))) + 1e-3
+            share = rng.uniform(0.5, 1.0)
+            matched = (src - mu_s) / sd_s * sd_t + mu_t
+            src = np.clip(src + share * (matched - src), 0, 255)
+        # a swap replaces the face outright; a self-blend may be partial
+        mask *= rng.uniform(*self.alpha) if donor is None else rng.uniform(0.85, 1.0)
         out = crop.astype(np.float32) * (1 - mask[..., None]) + src * mask[..., None]
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 

@@ -89,6 +89,10 @@ class ModelConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     lora: LoraConfig | None = None
     include_text: bool = True
+    # what one image-tower pass sees: 0 = the whole crop; N = an N x N grid of image_patch_px squares cut
+    # from the crop, each through the tower, embeddings averaged (no single feature sees the whole face)
+    image_patches: int = 0
+    image_patch_px: int = 96
 
     def __post_init__(self) -> None:
         if (self.clip_arch is None) == (self.clip_config is None):
@@ -99,6 +103,9 @@ class ModelConfig:
         _check_choice("SPA variant", self.spa, SPA_VARIANTS)
         if not self.prompt_levels or any(lvl not in (1, 2, 3, 4) for lvl in self.prompt_levels):
             raise MfclipError(f"prompt levels must be a non-empty subset of 1..4, got {self.prompt_levels}")
+        if self.image_patches < 0 or (self.image_patches and not 32 <= self.image_patch_px <= self.preprocess.size):
+            raise MfclipError(f"image patches must be a grid of 0 (whole crop) or more squares of 32 to "
+                              f"{self.preprocess.size} px, got {self.image_patches} x {self.image_patch_px} px")
         if self.image_init not in (None, "random", "efficientnet-lite0"):
             raise MfclipError(f"unknown image_init {self.image_init!r}; valid: efficientnet-lite0, random")
 

@@ -25,6 +25,11 @@ class MFCLIP(nn.Module):
         use_image = cfg.branches in ("both", "image")
         use_noise = cfg.branches in ("both", "noise")
         self.visual = clip.visual if use_image else None
+        if self.visual is not None and cfg.image_patches and type(self.visual).__name__ == "VisionTransformer":
+            from ..errors import MfclipError
+
+            raise MfclipError("--image-patches needs a convolutional image tower (a timm preset such as "
+                              "effnet-lite0): a ViT's position embeddings fix its input size")
         if self.visual is not None:
             # NHWC convolutions run about 1.9x faster on CPU (oneDNN) for EfficientNet-Lite; same numbers
             self.visual.to(memory_format=torch.channels_last)
@@ -42,9 +47,7 @@ class MFCLIP(nn.Module):
         """Fused visual embedding v (B, D) from a CLIP-normalised crop and its richest [0, 1] patch."""
         feats = []
         if self.visual is not None:
-            if image.dim() == 4 and not torch.onnx.is_in_onnx_export():
-                image = image.contiguous(memory_format=torch.channels_last)
-            feats.append(self.visual(image))
+            feats.append(self.encode_image(image))
         if self.noise is not None:
             feats.append(self.noise(noise))
         if len(feats) == 1:
@@ -52,6 +55,30 @@ class MFCLIP(nn.Module):
         if self.fuse is not None:
             return self.fuse(torch.cat(feats, dim=1))
         return feats[0] + feats[1]
+
+    def patch_origins(self) -> list[int]:
+        """Top-left offsets (along each axis) of the image patches; empty when the tower sees the whole crop."""
+        n, px, size = self.cfg.image_patches, self.cfg.image_patch_px, self.cfg.preprocess.size
+        if not n:
+            return []
+        if n == 1:
+            return [(size - px) // 2]
+        return [round(i * (size - px) / (n - 1)) for i in range(n)]
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Image-branch embedding (B, D): of the whole crop, or the mean over the grid of patches."""
+        origins = self.patch_origins()
+        if origins:
+            px = self.cfg.image_patch_px
+            b = image.shape[0]
+            # static slices (not unfold): exports to ONNX as plain Slice/Concat
+            image = torch.cat([image[:, :, y:y + px, x:x + px] for y in origins for x in origins], dim=0)
+        if image.dim() == 4 and not torch.onnx.is_in_onnx_export():
+            image = image.contiguous(memory_format=torch.channels_last)
+        v = self.visual(image)
+        if origins:
+            v = v.reshape(len(origins) ** 2, b, -1).mean(dim=0)
+        return v
 
     def forward_head(self, v: torch.Tensor) -> torch.Tensor:
         """Real/fake logits (B, 2) from the embedding: mlp_head(normalise(v))."""
