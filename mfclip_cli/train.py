@@ -85,7 +85,9 @@ class TrainOptions:
     parity: str = "off"  # resize -> JPEG history re-drawn per image before cropping: off | on (transforms)
     balance: str = "none"  # training sampler: none (shuffle) | sources (classes halved, sources tempered)
     target_fpr: float | None = None  # threshold: this false-positive rate on validation reals (None: EER)
-    pseudo_fakes: str = "none"  # none | sbi: self-blended copies of a quarter of the training reals, as fakes
+    # none, or "+"-joined kinds of pseudo-fakes made from a quarter of the training reals each: sbi (self-blended),
+    # swap (another real's inner face pasted in), ae (reconstructed by an autoencoder trained on the reals)
+    pseudo_fakes: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -173,9 +175,50 @@ def resolve_splits(opts: TrainOptions) -> list[ProtocolSplit]:
 
 
 BALANCES = ("none", "sources")
-PSEUDO_FAKES = ("none", "sbi", "sbi+swap")
+PSEUDO_FAKE_KINDS = ("sbi", "swap", "ae")
 SBI_SHARE = 0.25  # self-blended pseudo-fakes per training real
-SWAP_SHARE = 0.25  # swap-blended pseudo-fakes per training real (sbi+swap)
+SWAP_SHARE = 0.25  # swap-blended pseudo-fakes per training real
+AE_SHARE = 0.25  # autoencoder reconstructions per training real
+AE_STEPS = 400  # autoencoder training steps (16 patches of 64 px each; about 3 min on 2 cores)
+
+
+def pseudo_fake_kinds(name: str) -> tuple[str, ...]:
+    """The kinds named by a --pseudo-fakes value ("none" or kinds joined by "+"); an unknown one is an error."""
+    if name == "none":
+        return ()
+    kinds = tuple(k.strip() for k in name.split("+"))
+    bad = [k for k in kinds if k not in PSEUDO_FAKE_KINDS]
+    if bad or len(set(kinds)) != len(kinds):
+        raise MfclipError(f"unknown --pseudo-fakes {name!r}; valid: none, or any of "
+                          f"{', '.join(PSEUDO_FAKE_KINDS)} joined by '+' (e.g. sbi+swap)")
+    return kinds
+
+
+def reconstructed_entries(reals: list[CropEntry], seed: int) -> list[CropEntry]:
+    """Copies of a seeded ``AE_SHARE`` of the real entries relabelled as autoencoder reconstructions."""
+    from dataclasses import replace
+
+    from .data.taxonomy import Label
+
+    label = Label.fake("entire_synthesis", "unknown", "autoencoder")
+    rng = np.random.default_rng([seed, 17])
+    pick = sorted(rng.choice(len(reals), size=round(AE_SHARE * len(reals)), replace=False).tolist())
+    return [replace(reals[i], record=replace(reals[i].record, label=label, source="ae_reconstructed",
+                                             group=f"ae:{reals[i].record.group}")) for i in pick]
+
+
+def _autoencoder_for(run_dir: Path, reals: list[CropEntry], seed: int, callback: Callback):
+    """The run's autoencoder: loaded from the run folder (resume), else trained on the real crops and saved."""
+    from .data.autoencoder import load_autoencoder, save_autoencoder, train_autoencoder
+    from .data.crops import load_crop
+
+    path = run_dir / "autoencoder.safetensors"
+    if path.is_file():
+        return load_autoencoder(path)
+    callback("stage", {"what": "autoencoder", "reals": len(reals)})
+    model = train_autoencoder([(lambda p=e.crop_path: load_crop(p)) for e in reals], steps=AE_STEPS, seed=seed)
+    save_autoencoder(model, path)
+    return model
 
 
 def self_blended_entries(reals: list[CropEntry], seed: int) -> list[CropEntry]:
@@ -420,21 +463,28 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         callback("resumed", {"epoch": start_epoch})
 
     parity = None if chain is None else (chain, policy)
-    blend, blend_from, donors = None, None, {}
-    if opts.pseudo_fakes in ("sbi", "sbi+swap"):
+    kinds = pseudo_fake_kinds(opts.pseudo_fakes)
+    reals = [e for e in train_e if e.record.y == 0]
+    blend, blend_from, donors, autoencoder, recon_from = None, None, {}, None, None
+    if "sbi" in kinds or "swap" in kinds:
         from .data.transforms import SelfBlend
         from .faces import template_in_crop
 
         blend_from = len(train_e)
-        reals = [e for e in train_e if e.record.y == 0]
-        train_e = train_e + self_blended_entries(reals, opts.seed)
-        if opts.pseudo_fakes == "sbi+swap":
+        if "sbi" in kinds:
+            train_e = train_e + self_blended_entries(reals, opts.seed)
+        if "swap" in kinds:
             swaps, swap_donors = swap_blended_entries(reals, opts.seed)
             donors = {len(train_e) + k: d for k, d in enumerate(swap_donors)}
             train_e = train_e + swaps
         blend = SelfBlend(tuple(map(tuple, template_in_crop(policy).tolist())))
+    if "ae" in kinds:
+        autoencoder = _autoencoder_for(run_dir, reals, opts.seed, callback)
+        recon_from = len(train_e)
+        train_e = train_e + reconstructed_entries(reals, opts.seed)
     train_ds = CropDataset(train_e, cfg.preprocess, augment=train_augment(opts.augment), seed=opts.seed,
-                           parity=parity, blend=blend, blend_from=blend_from, donors=donors)
+                           parity=parity, blend=blend, blend_from=blend_from, donors=donors,
+                           autoencoder=autoencoder, recon_from=recon_from)
     sampler = None
     gen = torch.Generator()
     if opts.balance == "sources" and not distributed:
@@ -614,8 +664,7 @@ def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback
     """Train every run of the protocol (one for most; one per held-out pair for leave-source-out)."""
     train_augment(opts.augment)  # unknown names fail before anything is written
     parity_chain(opts.parity)
-    if opts.pseudo_fakes not in PSEUDO_FAKES:
-        raise MfclipError(f"unknown --pseudo-fakes {opts.pseudo_fakes!r}; valid: {', '.join(PSEUDO_FAKES)}")
+    pseudo_fake_kinds(opts.pseudo_fakes)
     if opts.balance not in BALANCES:
         raise MfclipError(f"unknown --balance {opts.balance!r}; valid: {', '.join(BALANCES)}")
     if opts.target_fpr is not None and not 0.0 < opts.target_fpr < 1.0:
