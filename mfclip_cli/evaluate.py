@@ -46,7 +46,7 @@ import contextlib
 import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +60,7 @@ from .decision import choose_threshold, is_fake
 from .errors import MfclipError
 from .fsutil import jsonable
 from .metrics import BinaryMetrics, Row, binary_metrics, breakdown, video_level
-from .model.metadata import checkpoint_crop_policy, checkpoint_threshold, threshold_record
+from .model.metadata import CheckpointMeta, ThresholdRecord
 from .model.mfclip import MFCLIP
 
 if TYPE_CHECKING:
@@ -253,7 +253,7 @@ class EvalResult:
     data: str
     manifest_sha256: str
     n_files: int
-    threshold: dict[str, Any]
+    threshold: ThresholdRecord
     overlap: int | None
     overlap_by_set: dict[str, int] | None
     overlap_warning: str | None
@@ -275,7 +275,7 @@ class EvalResult:
             "tool": {"name": "mfclip", "version": __version__},
             "checkpoint": {"path": self.checkpoint, "sha256": self.checkpoint_sha256},
             "data": {"path": self.data, "manifest_sha256": self.manifest_sha256, "n_files": self.n_files},
-            "threshold": self.threshold,
+            "threshold": self.threshold.to_json(),
             "overlap": self.overlap,
             "overlap_by_set": self.overlap_by_set,
             "overlap_warning": self.overlap_warning,
@@ -315,16 +315,17 @@ def _check_options(opts: EvalOptions) -> None:
         raise MfclipError(f"--workers must be >= 0, got {opts.workers}")
 
 
-def select_sets(opts: EvalOptions, records: list[Record], meta: dict[str, Any]
+def select_sets(opts: EvalOptions, records: list[Record], meta: CheckpointMeta
                 ) -> tuple[dict[str, list[Record]], list[str]]:
     """Test sets by name (see the module docstring), and notes on how they were chosen."""
     from .data.protocols import make_protocol
     from .data.splits import assign_splits
 
     if opts.split is not None:
-        recorded = meta.get("training", {})
-        val = float(recorded.get("val_frac", 0.1))
-        test = opts.test_frac if opts.test_frac is not None else float(recorded.get("test_frac", 0.2))
+        recorded = meta.training
+        val = float(recorded.val_frac) if recorded is not None and recorded.val_frac is not None else 0.1
+        test = opts.test_frac if opts.test_frac is not None else (
+            float(recorded.test_frac) if recorded is not None and recorded.test_frac is not None else 0.2)
         assigned = assign_splits(records, val=val, test=test, seed=opts.seed)
         chosen = [r for r in assigned if r.split == opts.split]
         if not chosen:
@@ -338,7 +339,7 @@ def select_sets(opts: EvalOptions, records: list[Record], meta: dict[str, Any]
     kw: dict[str, Any] = {"seed": opts.seed}
     notes: list[str] = []
     if opts.protocol == "cross-generator":
-        trained = meta.get("taxonomy", {}).get("generators")
+        trained = meta.taxonomy.generators if meta.taxonomy is not None else None
         if opts.test_generators:
             kw["test_generators"] = list(opts.test_generators)
         elif trained:
@@ -357,7 +358,7 @@ def select_sets(opts: EvalOptions, records: list[Record], meta: dict[str, Any]
     runs = make_protocol(opts.protocol, records, **kw)
     run = runs[0]
     if len(runs) > 1:
-        trained_on = meta.get("training", {}).get("split")
+        trained_on = meta.training.split if meta.training is not None else None
         run = next((r for r in runs if r.name == trained_on), runs[0])
         notes.append(f"{opts.protocol}: evaluated run '{run.name}' of {len(runs)}"
                      + ("" if run.name == trained_on else " (the checkpoint names no run of this protocol)"))
@@ -423,11 +424,11 @@ def _calibration_records(root: str) -> list[Record]:
     return records
 
 
-def calibrate_threshold(root: str, model: MFCLIP, meta: dict[str, Any], opts: EvalOptions, policy: CropPolicy,
-                        device: str, progress: Progress | None) -> tuple[dict[str, Any], dict[str, Any], set[str]]:
+def calibrate_threshold(root: str, model: MFCLIP, meta: CheckpointMeta, opts: EvalOptions, policy: CropPolicy,
+                        device: str, progress: Progress | None) -> tuple[ThresholdRecord, dict[str, Any], set[str]]:
     """Choose a threshold on the data at ``root`` and write the calibrated checkpoint.
 
-    Returns (new threshold dict, {path, sha256, n, skipped}, content-hash prefixes of the calibration files).
+    Returns (new threshold record, {path, sha256, n, skipped}, content-hash prefixes of the calibration files).
     """
     from .fsutil import sha256_file
     from .model.checkpoint import save_checkpoint
@@ -444,17 +445,14 @@ def calibrate_threshold(root: str, model: MFCLIP, meta: dict[str, Any], opts: Ev
     labels = labels_of(entries)
     method = "eer" if opts.target_fpr is None else "target_fpr"
     try:
-        value, info = choose_threshold(scores, labels, method, opts.target_fpr)
+        _, chosen = choose_threshold(scores, labels, method, opts.target_fpr)
     except ValueError as exc:
         raise MfclipError(f"--calibrate {root}: {exc}") from None
-    threshold = {**jsonable(info), "value": float(value), "method": method, "data": str(root),
-                 "n_real": int(np.sum(labels == 0)), "n_fake": int(np.sum(labels == 1)),
-                 "standardize": opts.standardize, "previous": meta.get("threshold")}
-    new_meta = {k: v for k, v in meta.items() if k not in ("sha256", "path")}
-    new_meta["threshold"] = threshold
-    save_checkpoint(out, model, meta=new_meta, half=meta.get("dtype") == "float16")
+    new_meta = meta.calibrated(replace(chosen, data=str(root), n_real=int(np.sum(labels == 0)),
+                                       n_fake=int(np.sum(labels == 1)), standardize=opts.standardize))
+    save_checkpoint(out, model, meta=new_meta, half=meta.dtype == "float16")
     written = {"path": str(out), "sha256": sha256_file(out), "n": len(entries), "skipped": len(skipped)}
-    return threshold, written, {e.sha256[:16] for e in entries}
+    return new_meta.decision_threshold(), written, {e.sha256[:16] for e in entries}
 
 
 # --- plots ---------------------------------------------------------------------------------------------------
@@ -517,9 +515,9 @@ def run_eval(opts: EvalOptions, progress: bool = False) -> EvalResult:
     _check_options(opts)
     device = resolve_device(opts.device)
     model, meta = load_checkpoint(opts.checkpoint, device=device)
-    policy = checkpoint_crop_policy(meta)
+    policy = meta.input_spec().crop
     if not opts.calibrate:
-        checkpoint_threshold(meta)  # a checkpoint without a valid threshold fails before any file is cropped
+        meta.decision_threshold()  # a checkpoint without a valid threshold fails before any file is cropped
     records = read_dataset(opts.data, opts.layout)
     sets, notes = select_sets(opts, records, meta)
     evaluated = _unique_by_path([r for recs in sets.values() for r in recs])
@@ -536,7 +534,7 @@ def run_eval(opts: EvalOptions, progress: bool = False) -> EvalResult:
                                   f"(e.g. {skipped[0].message if skipped else 'no files'})")
 
         # overlap guard: content hashes, so renamed or copied training files are caught as well
-        train_hashes = meta.get("training", {}).get("file_hashes16")
+        train_hashes = meta.training.file_hashes16 if meta.training is not None else None
         overlap: int | None = None
         overlap_by_set: dict[str, int] | None = None
         overlap_text: str | None = None
@@ -553,16 +551,16 @@ def run_eval(opts: EvalOptions, progress: bool = False) -> EvalResult:
 
         calibrated = None
         if not opts.calibrate:  # calibrating chooses a new one: an old checkpoint without a threshold is fine
-            threshold = {**threshold_record(meta), "source": "checkpoint"}
+            threshold = replace(meta.decision_threshold(), source="checkpoint")
         else:
             new_thr, calibrated, calib_hashes = calibrate_threshold(opts.calibrate, model, meta, opts, policy,
                                                                     device, bar)
-            threshold = {**new_thr, "source": "calibrated"}
+            threshold = replace(new_thr, source="calibrated")
             shared = sum(e.sha256[:16] in calib_hashes for e in entries)
             if shared:
                 warnings.append(f"{shared} evaluated file(s) are also in the calibration data {opts.calibrate}: "
                                 f"the threshold was chosen on test data")
-        thr = float(threshold["value"])
+        thr = threshold.value
 
         reports: list[SetReport] = []
         robustness: list[RobustnessRow] = []
@@ -589,7 +587,7 @@ def run_eval(opts: EvalOptions, progress: bool = False) -> EvalResult:
     if opts.standardize:
         notes.append("standardize: every crop was JPEG re-encoded at quality 90 before scoring")
     result = EvalResult(
-        checkpoint=str(opts.checkpoint), checkpoint_sha256=meta["sha256"], data=str(opts.data),
+        checkpoint=str(opts.checkpoint), checkpoint_sha256=meta.sha256, data=str(opts.data),
         manifest_sha256=manifest_sha256(evaluated), n_files=len(evaluated), threshold=threshold,
         overlap=overlap, overlap_by_set=overlap_by_set, overlap_warning=overlap_text, sets=reports, robustness=robustness,
         skipped=n_skipped,
@@ -917,11 +915,11 @@ def run_suite(checkpoint: str | Path, suite_dir: str | Path, *, bootstrap: int =
     device = resolve_device(device)
     suite_set_dirs(suite_dir)  # a wrong folder fails before the model is loaded
     model, meta = load_checkpoint(checkpoint, device=device)
-    hashes = meta.get("training", {}).get("file_hashes16") or None
-    return run_suite_model(model, checkpoint_threshold(meta), checkpoint_crop_policy(meta), suite_dir,
+    hashes = (meta.training.file_hashes16 if meta.training is not None else None) or None
+    return run_suite_model(model, meta.decision_threshold().value, meta.input_spec().crop, suite_dir,
                            bootstrap=bootstrap, seed=seed, batch_size=batch_size, device=device, workers=workers,
                            robustness=robustness, on_event=on_event, train_hashes16=hashes,
-                           checkpoint=str(checkpoint), checkpoint_sha256=meta["sha256"])
+                           checkpoint=str(checkpoint), checkpoint_sha256=meta.sha256)
 
 
 def write_suite_plots(result: SuiteResult, out_dir: str | Path) -> tuple[list[str], list[str]]:
@@ -975,7 +973,7 @@ def render_eval(result: EvalResult, console: Console) -> None:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     thr = result.threshold
     console.print(f"checkpoint {result.checkpoint} (sha256 {result.checkpoint_sha256[:12]}) · threshold "
-                  f"{thr['value']:.4f} ({thr.get('method', 'unknown')}, {thr.get('source', 'checkpoint')})",
+                  f"{thr.value:.4f} ({thr.method}, {thr.source or 'checkpoint'})",
                   highlight=False)
     for rep in result.sets:
         items = [(r.name if r.group_by == "all" else f"{r.name} [dim]{r.group_by}[/]", r.metrics) for r in rep.rows]
@@ -1005,7 +1003,7 @@ def render_eval(result: EvalResult, console: Console) -> None:
         console.print(f"[dim]note: {note}[/]", highlight=False)
     if result.calibrated_checkpoint:
         c = result.calibrated_checkpoint
-        console.print(f"calibrated checkpoint: {c['path']} (threshold {thr['value']:.4f}, {thr['method']})",
+        console.print(f"calibrated checkpoint: {c['path']} (threshold {thr.value:.4f}, {thr.method})",
                       highlight=False)
     if result.plots:
         console.print(f"plots: {len(result.plots)} PNG(s) in {Path(result.plots[0]).parent}", highlight=False)

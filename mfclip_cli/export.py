@@ -32,7 +32,7 @@ from .errors import MfclipError
 from .fsutil import atomic_write_json, sha256_file
 from .metrics import roc_auc
 from .model.checkpoint import load_checkpoint
-from .model.metadata import checkpoint_crop_policy, checkpoint_threshold
+from .model.metadata import CheckpointMeta
 from .model.mfclip import MFCLIP, ImageEncoder
 from .model.preprocess import PreprocessConfig, prepare_batch
 from .runtime.onnx_backend import (
@@ -233,7 +233,7 @@ def export_model(
     _check_target(out, overwrite, Path(checkpoint))
     fp16_method = _fp16_method() if fp16 else None  # fail before any work when fp16 cannot be made
     model, meta = load_checkpoint(checkpoint, device="cpu")
-    checkpoint_threshold(meta), checkpoint_crop_policy(meta)  # no decision rule, no export: fail before the work
+    meta.decision_threshold(), meta.input_spec()  # no decision rule, no export: fail before the work
     if text is True and model.text is None:
         raise MfclipError(
             f"{checkpoint} was saved without its text tower, so there is no text encoder to export; "
@@ -286,7 +286,7 @@ def export_model(
 
     return ExportResult(
         out_dir=str(out), manifest=str(out / MANIFEST_NAME), image_encoder=str(out / image_path.name),
-        text_encoder=final(text_path), opset=opset, tol=tol, checkpoint_sha256=meta["sha256"],
+        text_encoder=final(text_path), opset=opset, tol=tol, checkpoint_sha256=meta.sha256,
         parity_inputs=source, parity=tuple(parity),
         variants=tuple(replace(v, path=str(out / Path(v.path).name)) for v in variants),
     )
@@ -781,7 +781,7 @@ def _versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
-def _manifest(model: MFCLIP, meta: dict[str, Any], folder: Path, opset: int, tol: float, source: str,
+def _manifest(model: MFCLIP, meta: CheckpointMeta, folder: Path, opset: int, tol: float, source: str,
               n_images: int, parity: list[ParityFigure], variants: list[VariantFigure],
               text_path: Path | None) -> dict[str, Any]:
     cfg = model.cfg
@@ -792,18 +792,14 @@ def _manifest(model: MFCLIP, meta: dict[str, Any], folder: Path, opset: int, tol
     if text_path is not None:
         text = {**_graph_entry(text_path),
                 "tokenizer": {"kind": type(model.tokenizer).__name__, "clip_arch": cfg.clip_arch}}
+    facts = meta.manifest_entries()
     return {
         "schema": MANIFEST_SCHEMA,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "checkpoint": {"file": Path(meta["path"]).name, "sha256": meta["sha256"], "preset": cfg.preset,
-                       "format_version": meta.get("format_version"), "dtype": meta.get("dtype")},
+        "checkpoint": facts.pop("checkpoint"),
         "model": {"embed_dim": model.embed_dim, "branches": cfg.branches, "fusion": cfg.fusion,
                   "include_text": text is not None},
-        "threshold": checkpoint_threshold(meta),
-        "threshold_source": meta.get("threshold"),
-        "preprocess": cfg.preprocess.to_dict(),
-        "crop": checkpoint_crop_policy(meta).to_dict(),
-        "crop_source": "checkpoint",
+        **facts,
         "opset": opset,
         "exporter": EXPORTER,
         "versions": _versions(),

@@ -38,7 +38,7 @@ from .fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, js
 from .metrics import binary_metrics
 from .model import MFCLIPLoss, build_model, load_checkpoint, load_preset, save_checkpoint
 from .model.config import ModelConfig
-from .model.metadata import checkpoint_threshold
+from .model.metadata import CheckpointMeta, InputSpec, TaxonomyRecord, ThresholdRecord, TrainingRecord
 from .model.mfclip import MFCLIP
 from .paths import cache_dir
 
@@ -456,14 +456,15 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
     val_loader = DataLoader(CropDataset(val_e, cfg.preprocess, seed=opts.seed, parity=parity, fixed_epoch=10**6),
                             batch_size=opts.batch_size,
                             num_workers=opts.workers, drop_last=cfg.spa == "matrix" and len(val_e) >= opts.batch_size)
-    training = {
-        "protocol": opts.protocol, "split": split.name, "data": str(opts.data),
-        "manifest_sha256": manifest_sha256(split.train + split.val), "seed": opts.seed,
-        "package_version": __version__, "preset": cfg.preset, "val_frac": opts.val_frac,
-        "test_frac": opts.test_frac, "augment": opts.augment, "parity": opts.parity, "balance": opts.balance,
-        "pseudo_fakes": opts.pseudo_fakes,
-        "steps_per_epoch": opts.max_steps, "image_init": cfg.image_init, "freeze_image": opts.freeze_image,
-    }
+    training = TrainingRecord(
+        protocol=opts.protocol, split=split.name, data=str(opts.data),
+        manifest_sha256=manifest_sha256(split.train + split.val), seed=opts.seed,
+        package_version=__version__, preset=cfg.preset, val_frac=opts.val_frac,
+        test_frac=opts.test_frac, augment=opts.augment, parity=opts.parity, balance=opts.balance,
+        pseudo_fakes=opts.pseudo_fakes,
+        steps_per_epoch=opts.max_steps, image_init=cfg.image_init, freeze_image=opts.freeze_image,
+    )
+    input_spec = InputSpec(policy, cfg.preprocess)
     # 64-bit content-hash prefixes of every training/validation file: eval's overlap guard compares with them
     train_hashes = sorted({e.sha256[:16] for e in train_e + val_e}) if len(train_e) + len(val_e) <= 500_000 else []
     _set_train_mode(_unwrap(model), opts)
@@ -534,18 +535,17 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         improved = val_loss < best_loss
         if improved:
             best_loss, best_epoch, bad_epochs, threshold = val_loss, epoch, 0, thr
-            meta = {"threshold": {"value": thr, "method": "on validation", **jsonable(thr_info)},
-                    "preprocess": {**cfg.preprocess.to_dict(), "crop": policy.to_dict()},
-                    "taxonomy": {"generators": sorted({e.record.generator for e in train_e})},
-                    "training": {**training, "best_epoch": epoch, "val": m.to_dict(), "val_loss": val_loss,
-                                 "file_hashes16": train_hashes}}
+            meta = CheckpointMeta(
+                threshold=thr_info, input=input_spec,
+                taxonomy=TaxonomyRecord(tuple(sorted({e.record.generator for e in train_e}))),
+                training=training.best(epoch=epoch, val=m.to_dict(), val_loss=val_loss,
+                                       file_hashes16=tuple(train_hashes)))
             save_checkpoint(best_ckpt, core, meta=meta)  # merges LoRA into a copy, never into `core`
         else:
             bad_epochs += 1
         # last: weights + optimizer state, then metrics, so a crash at any point resumes consistently
-        save_checkpoint(last_ckpt, core, meta={"preprocess": {**cfg.preprocess.to_dict(), "crop": policy.to_dict()},
-                                               "threshold": {"value": thr, "method": "eer on validation"},
-                                               "training": training}, merge=False)
+        save_checkpoint(last_ckpt, core, merge=False, meta=CheckpointMeta(
+            threshold=ThresholdRecord(float(thr), "eer on validation"), input=input_spec, training=training))
         _save_state(state_path, optimizer, scheduler,
                     {"epoch": epoch, "best_val_loss": best_loss, "best_epoch": best_epoch,
                      "bad_epochs": bad_epochs, "threshold": threshold}, scaler)
@@ -565,7 +565,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
     if main_proc:
         _plot_curves(history, run_dir)
         best_model, best_meta = load_checkpoint(best_ckpt, device=device)
-        thr = checkpoint_threshold(best_meta)
+        thr = best_meta.decision_threshold().value
         n_skipped_by_set = {name: len(recs) - len(tests_e[name]) for name, recs in split.tests.items()}
         for name, ents in tests_e.items():
             if not ents:

@@ -179,11 +179,11 @@ def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths
         target_fpr=0.25, augment="light", bootstrap=0)
     [result] = run_training(opts)
     meta = read_checkpoint_meta(result.best_checkpoint)
-    training = meta["training"]
-    assert (training["parity"], training["balance"], training["pseudo_fakes"]) == ("on", "sources", "sbi")
-    assert meta["threshold"]["method"] == "target_fpr" and meta["threshold"]["target_fpr"] == 0.25
-    assert meta["threshold"]["fpr"] <= 0.25
-    assert "self-blended" in meta["taxonomy"]["generators"]
+    training = meta.training
+    assert (training.parity, training.balance, training.pseudo_fakes) == ("on", "sources", "sbi")
+    assert meta.threshold.method == "target_fpr" and meta.threshold.target_fpr == 0.25
+    assert meta.threshold.fpr <= 0.25
+    assert "self-blended" in meta.taxonomy.generators
     records = read_dataset(str(data), "auto")
     assert len(records) == 24
 

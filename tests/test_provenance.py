@@ -360,10 +360,10 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-init 'tiny' checkpoint with the default RetinaFace crop policy (scores mean nothing)."""
     from mfclip_cli.faces.types import CropPolicy
     from mfclip_cli.model import build_model, load_preset, save_checkpoint
+    from mfclip_cli.model.metadata import CheckpointMeta, InputSpec, ThresholdRecord
 
     model = build_model(load_preset("tiny"), seed=0)
-    meta = {"threshold": {"value": 0.5, "method": "test"},
-            "preprocess": {**model.cfg.preprocess.to_dict(), "crop": CropPolicy().to_dict()}}  # fmt: skip
+    meta = CheckpointMeta(threshold=ThresholdRecord(0.5, "test"), input=InputSpec(CropPolicy(), model.cfg.preprocess))
     return save_checkpoint(tmp_path_factory.mktemp("prov_ckpt") / "tiny.safetensors", model, meta=meta)
 
 

@@ -39,13 +39,11 @@ def scan_checkpoint(tmp_path_factory) -> Path:
     """A random-init 'tiny' checkpoint with the default RetinaFace crop policy and threshold 0.5."""
     from mfclip_cli.faces.types import CropPolicy
     from mfclip_cli.model import build_model, load_preset, save_checkpoint
+    from mfclip_cli.model.metadata import CheckpointMeta, InputSpec, ThresholdRecord
 
     model = build_model(load_preset("tiny"), seed=0)
     path = tmp_path_factory.mktemp("scan_ckpt") / "tiny.safetensors"
-    meta = {
-        "threshold": {"value": 0.5, "method": "test"},
-        "preprocess": {**model.cfg.preprocess.to_dict(), "crop": CropPolicy().to_dict()},
-    }
+    meta = CheckpointMeta(threshold=ThresholdRecord(0.5, "test"), input=InputSpec(CropPolicy(), model.cfg.preprocess))
     return save_checkpoint(path, model, meta=meta)
 
 
@@ -455,13 +453,14 @@ def make_checkpoint(tmp_path: Path, name: str, meta_patch=None, raw_meta: str | 
 
     from mfclip_cli.faces.types import CropPolicy
     from mfclip_cli.model import build_model, load_preset, save_checkpoint
+    from mfclip_cli.model.metadata import CheckpointMeta, InputSpec, ThresholdRecord
 
     base = tmp_path / "base.safetensors"
     if not base.exists():
         model = build_model(load_preset("tiny"), seed=0)
-        save_checkpoint(base, model, meta={"threshold": {"value": 0.5, "method": "test"},
-                                           "preprocess": {**model.cfg.preprocess.to_dict(),
-                                                          "crop": CropPolicy().to_dict()}})
+        meta = CheckpointMeta(threshold=ThresholdRecord(0.5, "test"),
+                              input=InputSpec(CropPolicy(), model.cfg.preprocess))
+        save_checkpoint(base, model, meta=meta)
     from safetensors import safe_open
 
     with safe_open(str(base), framework="pt") as fh:

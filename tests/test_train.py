@@ -76,8 +76,8 @@ def test_tiny_model_learns_a_checkerboard_upsampler_artefact(tmp_path, train_cac
 
     run = Path(result.run_dir)
     meta = read_checkpoint_meta(result.best_checkpoint)
-    assert meta["training"]["val"]["auc"] >= 0.95
-    assert 0.0 <= meta["threshold"]["value"] <= 1.0 and 0.0 <= result.threshold <= 1.0
+    assert meta.training.val["auc"] >= 0.95
+    assert 0.0 <= meta.threshold.value <= 1.0 and 0.0 <= result.threshold <= 1.0
     rows = _metrics(run)
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert all(math.isfinite(r[k]) for r in rows for k in LOSS_TERMS)
@@ -150,7 +150,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_same_run(tmp_path, train_cac
     assert after[0] == before[0]
     assert (run / "config.json").read_text() == config
     model, meta = load_checkpoint(run / "best.safetensors")
-    assert model.cfg.preset == "tiny" and meta["training"]["best_epoch"] in (0, 1, 2)
+    assert model.cfg.preset == "tiny" and meta.training.best_epoch in (0, 1, 2)
     assert "in-domain" in json.loads((run / "test_metrics.json").read_text())
 
 

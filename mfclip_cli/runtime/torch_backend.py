@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from ..model.checkpoint import load_checkpoint
-from ..model.metadata import checkpoint_crop_policy, checkpoint_threshold
 from . import ModelInfo, resolve_device
 
 
@@ -19,8 +18,8 @@ class TorchBackend:
         self.device = resolve_device(device)
         self.model, self.meta = load_checkpoint(checkpoint, device=self.device)
         self.info = ModelInfo(
-            path=str(checkpoint), sha256=self.meta["sha256"], threshold=checkpoint_threshold(self.meta),
-            preprocess=self.model.cfg.preprocess, crop=checkpoint_crop_policy(self.meta), backend="torch",
+            path=str(checkpoint), sha256=self.meta.sha256, threshold=self.meta.decision_threshold().value,
+            preprocess=self.model.cfg.preprocess, crop=self.meta.input_spec().crop, backend="torch",
             device=self.device, extra={"preset": self.model.cfg.preset},
         )
 
