@@ -372,7 +372,8 @@ def eval_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
 ) -> None:
     """AUC, AP, EER and ACC per generator, kind and family (+ robustness, calibration, plots)."""
-    from .evaluate import EvalOptions, render_eval, run_eval
+    from .evaluate import EvalOptions, run_eval
+    from .report.eval import render_eval
 
     if (data is None) == (suite is None):
         _fail(MfclipError("pass either --data ROOT (one dataset) or --suite DIR (every sub-folder a dataset), "
@@ -411,8 +412,9 @@ def _eval_suite(checkpoint: str, suite: str, *, bootstrap: int, seed: int, batch
     """`eval --suite`: run the suite, write JSON and plots, render; exit 2 when no set could be scored."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .evaluate import SuiteEvent, render_suite, run_suite, write_suite_plots
+    from .evaluate import SuiteEvent, run_suite, write_suite_plots
     from .fsutil import atomic_write_json
+    from .report.eval import render_suite
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err_console, disable=quiet or not err_console.is_terminal, transient=True)

@@ -13,7 +13,8 @@ import pytest
 
 from mfclip_cli.data.transforms import PERTURBATIONS
 from mfclip_cli.errors import MfclipError
-from mfclip_cli.evaluate import SCHEMA_ID, EvalOptions, render_eval, run_eval
+from mfclip_cli.evaluate import SCHEMA_ID, EvalOptions, run_eval
+from mfclip_cli.report.eval import render_eval
 
 GENERATORS = ("ddpm", "stylegan2")
 

@@ -128,7 +128,7 @@ def test_reported_parity_is_within_tolerance_at_batch_1_3_8(exported, torch_mode
 
 def test_a_graph_that_does_not_reproduce_torch_is_rejected_by_the_parity_gate(checkpoint, tmp_path, monkeypatch):
     """The gate at the default tolerance: a graph traced from perturbed weights is refused, nothing written."""
-    import mfclip_cli.export as E
+    import mfclip_cli.export.run as E
 
     def perturbed(encoder, example):
         broken = copy.deepcopy(encoder)
@@ -350,7 +350,7 @@ def _op_counts(path: Path) -> dict[str, int]:
 
 
 def test_same_padding_is_made_constant_and_folded_into_convs(tmp_path):
-    from mfclip_cli.export import _export_graph, fold_pads_into_convs, static_same_padding
+    from mfclip_cli.export.graph import export_graph, fold_pads_into_convs, static_same_padding
 
     net = _SamePadNet().eval()
     x = torch.randn(2, 3, 36, 44)
@@ -359,7 +359,7 @@ def test_same_padding_is_made_constant_and_folded_into_convs(tmp_path):
     with torch.no_grad():
         assert torch.allclose(frozen(x), net(x), atol=1e-6)
     path = tmp_path / "net.onnx"
-    _export_graph(frozen, (x,), path, ["x"], ["y"], 17)
+    export_graph(frozen, (x,), path, ["x"], ["y"], 17)
     assert _op_counts(path)["Pad"] == 3  # two zero pads before convs + the reflect pad
     assert fold_pads_into_convs(path) == 2
     counts = _op_counts(path)

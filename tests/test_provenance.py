@@ -336,7 +336,7 @@ def test_disagreement_is_marked_counted_and_never_changes_the_verdict(tmp_path):
 
 
 def test_html_page_shows_what_the_metadata_claims(tmp_path):
-    from mfclip_cli.html_report import render_html
+    from mfclip_cli.report.html import render_html
 
     signed = P.Provenance(status="claims_captured", c2pa=P.C2paInfo(
         present=True, validation_state="Valid", validation_codes=("signingCredential.untrusted",),

@@ -201,7 +201,8 @@ def test_bad_inputs_become_error_items_and_exit_3(scan_checkpoint, scan_astronau
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_open(path, *a, **kw)
 
-    monkeypatch.setattr(media, "open", refusing_open, raising=False)
+    for room in (media.sniff, media.decode):  # discovery sniffs a file's first bytes; decoding reads it all
+        monkeypatch.setattr(room, "open", refusing_open, raising=False)
 
     expected = {
         "empty.jpg": {"empty_file"},
@@ -607,12 +608,12 @@ def test_a_failing_report_does_not_lose_the_others(scan_checkpoint, tmp_path, mo
     """#15.3: the --csv writer fails (e.g. disk full) after the scan: --json is still written, exit 4."""
     import errno
 
-    from mfclip_cli import report as R
+    from mfclip_cli.report import targets
 
     def no_space(result, path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(R, "write_csv", no_space)
+    monkeypatch.setattr(targets, "write_csv", no_space)
     report_path = tmp_path / "r.json"
     result = run_cli(EXAMPLES / "cat.jpg", "--weights", scan_checkpoint, "--csv", tmp_path / "r.csv",
                      "--json", report_path, "-q")

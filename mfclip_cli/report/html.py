@@ -22,7 +22,8 @@ import numpy as np
 
 from mfclip_cli.decision import decide
 from mfclip_cli.fsutil import atomic_write_text
-from mfclip_cli.report import DISAGREE_MARK, ItemResult, ScanResult, format_utc, safe_text
+from mfclip_cli.report.scan import DISAGREE_MARK, ItemResult, ScanResult
+from mfclip_cli.report.text import format_utc, safe_text
 
 DEFAULT_THUMBS = 500  # items with pictures; the rest are listed without (see the module docstring)
 THUMB_SIDE = 320  # px, longer side of an item's thumbnail
