@@ -8,7 +8,7 @@ at inference the CLI may override it and the crop policy (:func:`resolve_inferen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -17,6 +17,7 @@ from sklearn.metrics import roc_curve
 
 from .faces.types import CropPolicy
 from .model.metadata import ThresholdRecord
+from .precedence import overlay
 
 THRESHOLD_METHODS = ("eer", "target_fpr")
 Verdict = Literal["fake", "real", "uncertain"]
@@ -134,9 +135,8 @@ class Inference:
 
 
 def override_crop(policy: CropPolicy, **flags: Any) -> CropPolicy:
-    """``policy`` with each field given a non-None value in ``flags`` replaced (None: keep the policy's)."""
-    given = {k: v for k, v in flags.items() if v is not None}
-    return replace(policy, **given) if given else policy
+    """``policy`` with each field given a non-None value in ``flags`` replaced (``precedence.overlay``)."""
+    return overlay(policy, **flags)
 
 
 def resolve_inference(

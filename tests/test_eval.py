@@ -204,8 +204,10 @@ def test_corrupt_image_is_skipped_and_counted(env, tmp_path):
     root = tmp_path / "with_bad"
     shutil.copytree(env["fresh"], root)
     (root / "fake" / "entire_synthesis" / "ddpm" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    result = run_eval(_opts(env, root), progress=True)
+    events = []
+    result = run_eval(_opts(env, root), on_event=events.append)
     assert result.skipped == {"all": 1}
+    assert any(e.what == "face crops" and e.done == e.total == 25 for e in events)
     assert result.sets[0].n_skipped == 1
     assert result.skipped_files[0]["path"].endswith("broken.png")
     assert result.sets[0].row("all").metrics.n == 24

@@ -47,9 +47,10 @@ from .run import run_eval
 from .scoring import RobustnessRow, SetReport, crop_pipeline, labels_of, report_for_set, score_entries
 from .selection import select_sets
 from .suite import SUITE_SCHEMA_ID, SuiteEvent, SuiteResult, run_suite, run_suite_model
+from .tasks import EvalEvent
 
 __all__ = [
-    "SCHEMA_ID", "SUITE_SCHEMA_ID", "EvalOptions", "EvalResult", "RobustnessRow", "SetReport", "SuiteEvent",
+    "SCHEMA_ID", "SUITE_SCHEMA_ID", "EvalEvent", "EvalOptions", "EvalResult", "RobustnessRow", "SetReport", "SuiteEvent",
     "SuiteResult", "crop_pipeline", "labels_of", "report_for_set", "run_eval",
     "run_suite", "run_suite_model", "score_entries", "select_sets", "write_set_plots", "write_suite_plots",
 ]

@@ -14,13 +14,11 @@ from ..model.metadata import CheckpointMeta, ThresholdRecord
 from ..model.mfclip import MFCLIP
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
-
     from ..data.manifest import Record
     from ..faces.types import CropPolicy
 from .options import EvalOptions
 from .scoring import labels_of
-from .tasks import crop_records, score_records
+from .tasks import EvalHook, crop_records, score_records
 
 
 def default_calibrated_path(checkpoint: str) -> Path:
@@ -43,7 +41,7 @@ def calibration_records(root: str) -> list[Record]:
 
 
 def calibrate_threshold(root: str, model: MFCLIP, meta: CheckpointMeta, opts: EvalOptions, policy: CropPolicy,
-                        device: str, progress: Progress | None) -> tuple[ThresholdRecord, dict[str, Any], set[str]]:
+                        device: str, on_event: EvalHook | None) -> tuple[ThresholdRecord, dict[str, Any], set[str]]:
     """Choose a threshold on the data at ``root`` and write the calibrated checkpoint.
 
     Returns (new threshold record, {path, sha256, n, skipped}, content-hash prefixes of the calibration files).
@@ -55,11 +53,11 @@ def calibrate_threshold(root: str, model: MFCLIP, meta: CheckpointMeta, opts: Ev
     if out.resolve() == Path(opts.checkpoint).resolve():
         raise MfclipError(f"--calibrated-out {out} is the input checkpoint; choose another path")
     records = calibration_records(root)
-    entries, skipped = crop_records(records, policy, opts.workers, progress, "calibration crops")
+    entries, skipped = crop_records(records, policy, opts.workers, on_event, "calibration crops")
     if not entries:
         raise MfclipError(f"--calibrate {root}: no usable file ({len(skipped)} skipped, e.g. "
                           f"{skipped[0].message if skipped else 'none'})")
-    scores = score_records(model, entries, opts, device, progress, "calibration scores")
+    scores = score_records(model, entries, opts, device, on_event, "calibration scores")
     labels = labels_of(entries)
     method = "eer" if opts.target_fpr is None else "target_fpr"
     try:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import MfclipError
+from ..imaging import describe_array, is_rgb_uint8
 from ..model.preprocess import PreprocessConfig
 
 SYNTHETIC_CROPS = 16
@@ -45,10 +46,9 @@ def calibration_crops(images: list[np.ndarray] | None, pre: PreprocessConfig,
         raise MfclipError("no calibration images were given; pass face crops or leave them out")
     want = (pre.size, pre.size, 3)
     for i, img in enumerate(images):
-        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != want:
-            got = f"{img.dtype} {tuple(img.shape)}" if isinstance(img, np.ndarray) else type(img).__name__
+        if not is_rgb_uint8(img) or img.shape != want:
             raise MfclipError(
-                f"calibration image {i} is {got}; export needs RGB uint8 face crops of shape {want} "
+                f"calibration image {i} is {describe_array(img)}; export needs RGB uint8 face crops of shape {want} "
                 f"(the checkpoint's input size, cropped with its crop policy)"
             )
     return list(images), "calibration"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from mfclip_cli import __version__
-from mfclip_cli.provenance import Provenance
+from mfclip_cli.provenance_claims import Provenance
 
 from .text import check_probability, format_utc, path_b64, round_to, safe_json, safe_text
 

@@ -16,8 +16,9 @@ from ..model.preprocess import PreprocessConfig
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What a report says about the model that produced its scores."""
+class BackendInfo:
+    """What a backend loaded: the weights (path, checkpoint SHA-256), the checkpoint's decision threshold and
+    input spec, and where it runs. A scan report keeps the part it names (``report.ModelInfo``)."""
 
     path: str
     sha256: str
@@ -30,7 +31,7 @@ class ModelInfo:
 
 
 class Backend(Protocol):
-    info: ModelInfo
+    info: BackendInfo
 
     def predict(self, image: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """P(fake) for a batch: image (B,3,S,S) CLIP-normalised, noise (B,3,S/g,S/g) in [0,1] -> (B,)."""

@@ -17,7 +17,7 @@ from ..cpus import usable_cpus
 from ..errors import MfclipError
 from ..fsutil import sha256_file
 from ..model.metadata import CheckpointMeta
-from . import ModelInfo
+from . import BackendInfo
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = "mfclip.onnx/1"
@@ -199,7 +199,7 @@ class OnnxBackend:
             raise MfclipError(f"{path} has inputs {names}, expected {IMAGE_INPUTS}. {_REEXPORT}")
         self.variant = variant
         spec = meta.input_spec()
-        self.info = ModelInfo(
+        self.info = BackendInfo(
             path=str(folder), sha256=meta.sha256, threshold=meta.decision_threshold().value,
             preprocess=spec.preprocess, crop=spec.crop,
             backend="onnx", device=run_device,
