@@ -81,11 +81,8 @@ def load_backend(kind: str, weights: str, device: str = "auto", threads: int | N
     eager torch here), else torch; on a usable CUDA device, torch (autocast fp16).
     """
     if kind == "auto":
-        import torch
-
         folder = onnx_export_for(weights)
-        use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        if folder is not None and not use_cuda:
+        if folder is not None and resolve_device(device) == "cpu":
             from .onnx_backend import OnnxBackend
 
             return OnnxBackend(folder, device="cpu", threads=threads)

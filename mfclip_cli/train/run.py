@@ -18,8 +18,7 @@ from .setup import model_config_for, process_rank, resolve_splits
 
 
 # --- driver --------------------------------------------------------------------------------------------------
-def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback = no_callback,
-                 kill_after_epoch: int | None = None) -> list[TrainResult]:
+def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback = no_callback) -> list[TrainResult]:
     """Train every run of the protocol (one for most; one per held-out pair for leave-source-out)."""
     train_augment(opts.augment)  # unknown names fail before anything is written
     parity_chain(opts.parity)
@@ -54,8 +53,7 @@ def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback
         done = (run_dir / "test_metrics.json").is_file()
         if resume and done:
             continue
-        results.append(train_one(opts, split, run_dir, resume=resume, callback=callback,
-                                 kill_after_epoch=kill_after_epoch))
+        results.append(train_one(opts, split, run_dir, resume=resume, callback=callback))
     if len(splits) > 1:
         atomic_write_json(out / "summary.json", summarize_runs(out, len(splits)))
     return results
