@@ -63,6 +63,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "J-G-swap": (("G + swap-blended pseudo-fakes: a further quarter of the reals with another real's inner face "
                   "pasted in (resolution drop, colour matched towards the target, soft inner-face mask)"),
                  [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi+swap", "--epochs", "3"]),
+    "K-G-ae": (("G + autoencoder pseudo-fakes: a further quarter of the reals reconstructed by a small autoencoder "
+                "trained on the run's reals (issue #14 item 4)"),
+               [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi+ae", "--epochs", "3"]),
     "G-seed1": ("G with seed 1 (another split, sampling and initialisation of the heads): how much of a gap is luck",
                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3", "--seed", "1"]),
 }

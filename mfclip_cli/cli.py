@@ -136,7 +136,7 @@ def train(
     parity: Annotated[str, typer.Option(help="off | on: every training image, real or fake, gets a resize -> JPEG history drawn from one distribution (incl. the external suite's 256² q90) before its face is cut.")] = "off",
     balance: Annotated[str, typer.Option(help="Training sampler: none | sources (each class half the draws; sources weighted by the square root of their size).")] = "none",
     target_fpr: Annotated[float | None, typer.Option("--target-fpr", help="Choose the threshold for this false-positive rate on the validation reals (default: EER).")] = None,
-    pseudo_fakes: Annotated[str, typer.Option(help="none | sbi: add self-blended copies of a quarter of the training reals as face-swap fakes | sbi+swap: also a quarter pasted with another real's inner face (simulated swaps).")] = "none",
+    pseudo_fakes: Annotated[str, typer.Option(help="none, or kinds joined by '+', each adding a quarter of the training reals as fakes: sbi (self-blended) | swap (another real's inner face pasted in) | ae (reconstructed by an autoencoder trained on the reals), e.g. sbi+swap.")] = "none",
     test_frac: Annotated[float, typer.Option(help="in-domain / cross-generator / cross-forgery: share of groups held out for test.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",

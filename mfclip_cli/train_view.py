@@ -43,6 +43,8 @@ class TrainView:
             self._say(f"train {p['train']} · val {p['val']} · tests {tests} · skipped {p['skipped']}")
         elif event == "epoch_start":
             self._task(f"epoch {p['epoch'] + 1}", p["batches"])
+        elif event == "stage":
+            self._say(f"training the {p['what']} on {p['reals']} real crops (pseudo-fakes)")
         elif event == "resumed":
             self._say(f"resumed at epoch {p['epoch'] + 1}")
         elif event == "epoch_end":

@@ -165,7 +165,11 @@ def test_noise_residual_option_builds_an_npr_branch_of_the_same_shape():
 
 # --- training with all of it -----------------------------------------------------------------------------
 @pytest.mark.slow
-def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths, tmp_path, train_cache):
+def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths, tmp_path, train_cache,
+                                                                      monkeypatch):
+    from mfclip_cli.train import sampling
+
+    monkeypatch.setattr(sampling, "AE_STEPS", 5)
     data = tmp_path / "data"
     for folder, n in (("real/london_faceset", 6), ("real/utkface", 6),
                       ("fake/entire_synthesis/stylegan2_tpdne", 6), ("fake/entire_synthesis/sdxl_realvisxl", 6)):
@@ -175,15 +179,16 @@ def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths
             shutil.copy(p, dst / p.name)
     opts = TrainOptions(
         data=str(data), out=str(tmp_path / "run"), preset="tiny", device="cpu", workers=0, epochs=1,
-        batch_size=8, val_frac=0.3, test_frac=0.2, parity="on", balance="sources", pseudo_fakes="sbi",
+        batch_size=8, val_frac=0.3, test_frac=0.2, parity="on", balance="sources", pseudo_fakes="sbi+swap+ae",
         target_fpr=0.25, augment="light", bootstrap=0)
     [result] = run_training(opts)
     meta = read_checkpoint_meta(result.best_checkpoint)
     training = meta.training
-    assert (training.parity, training.balance, training.pseudo_fakes) == ("on", "sources", "sbi")
+    assert (training.parity, training.balance, training.pseudo_fakes) == ("on", "sources", "sbi+swap+ae")
     assert meta.threshold.method == "target_fpr" and meta.threshold.target_fpr == 0.25
     assert meta.threshold.fpr <= 0.25
-    assert "self-blended" in meta.taxonomy.generators
+    assert {"self-blended", "swap-blended", "autoencoder"} <= set(meta.taxonomy.generators)
+    assert (Path(result.run_dir) / "autoencoder.safetensors").is_file()  # kept for --resume
     records = read_dataset(str(data), "auto")
     assert len(records) == 24
 
@@ -310,3 +315,40 @@ def test_image_patches_are_validated():
         load_preset("effnet-lite0").with_overrides(image_patches=3, image_patch_px=300)
     with pytest.raises(MfclipError, match="convolutional image tower"):
         build_model(load_preset("tiny").with_overrides(image_patches=2), seed=0)
+
+
+# --- autoencoder reconstructions -------------------------------------------------------------------------
+def test_pseudo_fake_kinds_parse_plus_joined_names():
+    from mfclip_cli.train import pseudo_fake_kinds
+
+    assert pseudo_fake_kinds("none") == ()
+    assert pseudo_fake_kinds("sbi+swap+ae") == ("sbi", "swap", "ae")
+    for bad in ("sbi+sbi", "gan", "sbi+", ""):
+        with pytest.raises(MfclipError, match="pseudo-fakes"):
+            pseudo_fake_kinds(bad)
+
+
+def test_autoencoder_learns_saves_and_reconstructs_at_any_size(read_crop, face_paths, tmp_path):
+    from mfclip_cli.data.autoencoder import load_autoencoder, reconstruct, save_autoencoder, train_autoencoder
+
+    crops = [read_crop(p) for p in face_paths["real/london_faceset"][:4]]
+    losses: list[float] = []
+    model = train_autoencoder([(lambda c=c: c) for c in crops], steps=40, batch=8, patch=32, seed=0,
+                              on_step=lambda step, loss: losses.append(loss))
+    assert len(losses) == 40 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    out = reconstruct(model, crops[0][:222, :219])  # not a multiple of 4: padded inside, cut back
+    assert out.shape == (222, 219, 3) and out.dtype == np.uint8
+    psnr = 10 * np.log10(255 ** 2 / np.mean((out.astype(float) - crops[0][:222, :219]) ** 2))
+    assert psnr > 20  # a reconstruction, not noise: the pooled image carries colour and layout
+    save_autoencoder(model, tmp_path / "ae.safetensors")
+    assert np.array_equal(reconstruct(load_autoencoder(tmp_path / "ae.safetensors"), crops[1]),
+                          reconstruct(model, crops[1]))
+
+
+def test_reconstructed_entries_are_fake_copies_of_a_quarter_of_the_reals():
+    from mfclip_cli.train import reconstructed_entries
+
+    reals = [_entry(0, "src", i) for i in range(40)]
+    ae = reconstructed_entries(reals, seed=0)
+    assert len(ae) == 10 and all(e.record.y == 1 and e.record.label.generator == "autoencoder" for e in ae)
+    assert reconstructed_entries(reals, seed=0) == ae

@@ -46,7 +46,7 @@ class CropDataset(Dataset):
                  seed: int = 0, perturbation: str | Callable[[np.ndarray], np.ndarray] | None = None,
                  parity: tuple[ParityChain, CropPolicy] | None = None, fixed_epoch: int | None = None,
                  blend: SelfBlend | None = None, blend_from: int | None = None,
-                 donors: dict[int, CropEntry] | None = None):
+                 donors: dict[int, CropEntry] | None = None, autoencoder=None, recon_from: int | None = None):
         self.entries = entries
         self.pre = pre
         self.augment = augment
@@ -59,6 +59,9 @@ class CropDataset(Dataset):
         self.blend_from = len(entries) if blend_from is None else blend_from
         # of those, entries listed here are swap pseudo-fakes: the donor's inner face pasted onto the crop
         self.donors = donors or {}
+        # entries from ``recon_from`` on (after the blended ones) are the autoencoder's reconstructions
+        self.autoencoder = autoencoder
+        self.recon_from = len(entries) if recon_from is None else recon_from
         # a name from transforms.PERTURBATIONS, or any RGB -> RGB callable (eval's --standardize pipeline)
         self.perturb = get_perturbation(perturbation) if isinstance(perturbation, str) else perturbation
 
@@ -85,7 +88,11 @@ class CropDataset(Dataset):
         else:
             crop = load_crop(entry.crop_path)
         crop = self._sized(crop)
-        if self.blend is not None and index >= self.blend_from:
+        if self.autoencoder is not None and index >= self.recon_from:
+            from .autoencoder import reconstruct
+
+            crop = reconstruct(self.autoencoder, crop)
+        elif self.blend is not None and index >= self.blend_from:
             donor = self.donors.get(index)
             if donor is not None:
                 donor = self._sized(load_crop(donor.crop_path))

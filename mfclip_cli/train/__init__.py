@@ -10,13 +10,20 @@ towers), ``sampling`` (pseudo-fakes, balanced weights), ``state`` (resume state)
 """
 
 from .loop import train_one
-from .options import BALANCES, PSEUDO_FAKES, Callback, EpochLog, TrainOptions, TrainResult
+from .options import BALANCES, Callback, EpochLog, TrainOptions, TrainResult
 from .run import load_run_options, run_training, summarize_runs
-from .sampling import self_blended_entries, source_balanced_weights, swap_blended_entries
+from .sampling import (
+    PSEUDO_FAKE_KINDS,
+    pseudo_fake_kinds,
+    reconstructed_entries,
+    self_blended_entries,
+    source_balanced_weights,
+    swap_blended_entries,
+)
 from .setup import crop_policy_for, model_config_for, resolve_splits
 
 __all__ = [
-    "BALANCES", "PSEUDO_FAKES", "Callback", "EpochLog", "TrainOptions", "TrainResult", "crop_policy_for",
-    "load_run_options", "model_config_for", "resolve_splits", "run_training", "self_blended_entries",
+    "BALANCES", "PSEUDO_FAKE_KINDS", "Callback", "EpochLog", "TrainOptions", "TrainResult", "crop_policy_for",
+    "load_run_options", "model_config_for", "pseudo_fake_kinds", "reconstructed_entries", "resolve_splits", "run_training", "self_blended_entries",
     "source_balanced_weights", "summarize_runs", "swap_blended_entries", "train_one",
 ]

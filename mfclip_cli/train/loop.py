@@ -31,7 +31,14 @@ from ..model.mfclip import MFCLIP
 from ..paths import cache_dir
 from ..runtime import resolve_device
 from .options import Callback, EpochLog, TrainOptions, TrainResult, no_callback
-from .sampling import self_blended_entries, source_balanced_weights, swap_blended_entries
+from .sampling import (
+    autoencoder_for,
+    pseudo_fake_kinds,
+    reconstructed_entries,
+    self_blended_entries,
+    source_balanced_weights,
+    swap_blended_entries,
+)
 from .setup import crop_policy_for, freeze_towers, model_config_for, process_rank, set_train_mode, unwrap
 from .state import STATE_FILE, RunState
 
@@ -124,7 +131,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         callback("resumed", {"epoch": state.next_epoch})
 
     parity = None if chain is None else (chain, policy)
-    train_ds = _training_set(opts, cfg, data, policy, parity)
+    train_ds = _training_set(opts, cfg, data, policy, parity, run_dir, callback)
     sampler, gen = None, torch.Generator()
     if opts.balance == "sources" and not distributed:
         from torch.utils.data import WeightedRandomSampler
@@ -258,23 +265,31 @@ def _trainer(opts: TrainOptions, cfg, device: str) -> _Trainer:
                     torch.amp.GradScaler("cuda") if use_amp else None, use_amp)
 
 
-def _training_set(opts: TrainOptions, cfg, data: _Data, policy, parity) -> CropDataset:
+def _training_set(opts: TrainOptions, cfg, data: _Data, policy, parity, run_dir: Path,
+                  callback: Callback) -> CropDataset:
     """The training dataset; pseudo-fakes (``--pseudo-fakes``) are appended to ``data.train`` here."""
-    blend, blend_from, donors = None, None, {}
-    if opts.pseudo_fakes in ("sbi", "sbi+swap"):
+    kinds = pseudo_fake_kinds(opts.pseudo_fakes)
+    reals = [e for e in data.train if e.record.y == 0]
+    blend, blend_from, donors, autoencoder, recon_from = None, None, {}, None, None
+    if "sbi" in kinds or "swap" in kinds:
         from ..data.transforms import SelfBlend
         from ..faces import template_in_crop
 
         blend_from = len(data.train)
-        reals = [e for e in data.train if e.record.y == 0]
-        data.train = data.train + self_blended_entries(reals, opts.seed)
-        if opts.pseudo_fakes == "sbi+swap":
+        if "sbi" in kinds:
+            data.train = data.train + self_blended_entries(reals, opts.seed)
+        if "swap" in kinds:
             swaps, swap_donors = swap_blended_entries(reals, opts.seed)
             donors = {len(data.train) + k: d for k, d in enumerate(swap_donors)}
             data.train = data.train + swaps
         blend = SelfBlend(tuple(map(tuple, template_in_crop(policy).tolist())))
+    if "ae" in kinds:
+        autoencoder = autoencoder_for(run_dir, reals, opts.seed, callback)
+        recon_from = len(data.train)
+        data.train = data.train + reconstructed_entries(reals, opts.seed)
     return CropDataset(data.train, cfg.preprocess, augment=train_augment(opts.augment), seed=opts.seed,
-                       parity=parity, blend=blend, blend_from=blend_from, donors=donors)
+                       parity=parity, blend=blend, blend_from=blend_from, donors=donors,
+                       autoencoder=autoencoder, recon_from=recon_from)
 
 
 def _train_epoch(opts: TrainOptions, trainer: _Trainer, loader: DataLoader, entries: list[CropEntry], epoch: int,

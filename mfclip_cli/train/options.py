@@ -47,7 +47,9 @@ class TrainOptions:
     parity: str = "off"  # resize -> JPEG history re-drawn per image before cropping: off | on (transforms)
     balance: str = "none"  # training sampler: none (shuffle) | sources (classes halved, sources tempered)
     target_fpr: float | None = None  # threshold: this false-positive rate on validation reals (None: EER)
-    pseudo_fakes: str = "none"  # none | sbi: self-blended copies of a quarter of the training reals, as fakes
+    # none, or "+"-joined kinds of pseudo-fakes made from a quarter of the training reals each: sbi (self-blended),
+    # swap (another real's inner face pasted in), ae (reconstructed by an autoencoder trained on the reals)
+    pseudo_fakes: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,4 +103,3 @@ def no_callback(event: str, payload: dict[str, Any]) -> None:
 
 
 BALANCES = ("none", "sources")
-PSEUDO_FAKES = ("none", "sbi", "sbi+swap")

@@ -13,7 +13,8 @@ from ..data.transforms import parity_chain, train_augment
 from ..errors import MfclipError
 from ..fsutil import atomic_write_json
 from .loop import train_one
-from .options import BALANCES, PSEUDO_FAKES, Callback, TrainOptions, TrainResult, no_callback
+from .options import BALANCES, Callback, TrainOptions, TrainResult, no_callback
+from .sampling import pseudo_fake_kinds
 from .setup import model_config_for, process_rank, resolve_splits
 
 
@@ -22,8 +23,7 @@ def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback
     """Train every run of the protocol (one for most; one per held-out pair for leave-source-out)."""
     train_augment(opts.augment)  # unknown names fail before anything is written
     parity_chain(opts.parity)
-    if opts.pseudo_fakes not in PSEUDO_FAKES:
-        raise MfclipError(f"unknown --pseudo-fakes {opts.pseudo_fakes!r}; valid: {', '.join(PSEUDO_FAKES)}")
+    pseudo_fake_kinds(opts.pseudo_fakes)
     if opts.balance not in BALANCES:
         raise MfclipError(f"unknown --balance {opts.balance!r}; valid: {', '.join(BALANCES)}")
     if opts.target_fpr is not None and not 0.0 < opts.target_fpr < 1.0:
