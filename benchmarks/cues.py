@@ -97,7 +97,7 @@ def main() -> int:
     ap.add_argument("--plot", help="PNG: P(fake) against each property, per suite set and class")
     args = ap.parse_args()
     model, meta = load_checkpoint(args.checkpoint)
-    policy = CropPolicy.from_dict(meta["preprocess"]["crop"])
+    policy = meta.input_spec().crop
     pool = measure(args.pool, policy)
     sets = {p.name: measure(str(p), policy, model) for p in sorted(Path(args.suite).iterdir())
             if (p / "real").is_dir() and (p / "fake").is_dir()}

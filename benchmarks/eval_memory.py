@@ -64,10 +64,11 @@ def make_checkpoint(path: Path) -> Path:
     """An untrained tiny model with a crop policy of 'none' (whole image, no detector)."""
     from mfclip_cli.faces.types import CropPolicy
     from mfclip_cli.model import build_model, load_preset, save_checkpoint
+    from mfclip_cli.model.metadata import CheckpointMeta, InputSpec, ThresholdRecord
 
     model = build_model(load_preset("tiny"), seed=0)
-    meta = {"preprocess": {**model.cfg.preprocess.to_dict(), "crop": CropPolicy.none(224).to_dict()},
-            "threshold": {"value": 0.5, "method": "fixed (benchmark)"}}
+    meta = CheckpointMeta(threshold=ThresholdRecord(0.5, "fixed (benchmark)"),
+                          input=InputSpec(CropPolicy.none(224), model.cfg.preprocess))
     return save_checkpoint(path, model, meta=meta)
 
 

@@ -48,10 +48,11 @@ def resolve_checkpoint(arg: str | None, tmp: Path) -> tuple[Path, str]:
         return shipped, "shipped default"
     from mfclip_cli.faces.types import CropPolicy
     from mfclip_cli.model import build_model, load_preset, save_checkpoint
+    from mfclip_cli.model.metadata import CheckpointMeta, InputSpec, ThresholdRecord
 
     model = build_model(load_preset("effnet-lite0"), load_pretrained=True, seed=0)
-    meta = {"threshold": {"value": 0.5, "method": "untrained benchmark model"},
-            "preprocess": {"crop": CropPolicy().to_dict()}}
+    meta = CheckpointMeta(threshold=ThresholdRecord(0.5, "untrained benchmark model"),
+                          input=InputSpec(CropPolicy(), model.cfg.preprocess))
     path = save_checkpoint(tmp / "effnet-lite0-random-heads.safetensors", model, meta=meta)
     return path, "effnet-lite0 preset, ImageNet trunk, random heads"
 

@@ -136,11 +136,10 @@ def main() -> None:
     from sklearn.preprocessing import StandardScaler
 
     from mfclip_cli.model import load_checkpoint
-    from mfclip_cli.model.metadata import checkpoint_crop_policy
 
     t0 = time.perf_counter()
     model, meta = load_checkpoint(str(args.model))
-    policy = checkpoint_crop_policy(meta)
+    policy = meta.input_spec().crop
     pool = describe(args.pool, ParityChain(), args.seed, policy)
     split = np.array([split_for_group(g, 0, 0.1, 0.05) for g in pool["group"]])  # as `mfclip train` seed 0
     d, y = np.array(pool["d"]), np.array(pool["y"])

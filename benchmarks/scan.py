@@ -90,11 +90,12 @@ def resolve_checkpoint(weights: str | None, preset: str | None, tmp: Path) -> tu
         return shipped, "shipped default"
     from mfclip_cli.faces.types import CropPolicy
     from mfclip_cli.model import build_model, load_preset, save_checkpoint
+    from mfclip_cli.model.metadata import CheckpointMeta, InputSpec, ThresholdRecord
 
     name = preset or "effnet-lite0"
     model = build_model(load_preset(name), seed=0)
-    meta = {"threshold": {"value": 0.5, "method": "untrained benchmark model"},
-            "preprocess": {**model.cfg.preprocess.to_dict(), "crop": CropPolicy().to_dict()}}  # fmt: skip
+    meta = CheckpointMeta(threshold=ThresholdRecord(0.5, "untrained benchmark model"),
+                          input=InputSpec(CropPolicy(), model.cfg.preprocess))
     path = save_checkpoint(tmp / f"{name}-random-heads.safetensors", model, meta=meta)
     return path, f"{name} preset, random heads (built here)"
 

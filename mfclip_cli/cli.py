@@ -18,6 +18,8 @@ from .data.protocols import PROTOCOLS
 from .errors import MfclipError
 from .faces.types import DETECTOR_NAMES, POLICY_DETECTORS
 from .model.config import available_presets
+from .verbs import err_console
+from .verbs import fail as _fail
 
 app = typer.Typer(
     name="mfclip",
@@ -26,12 +28,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _version(value: bool) -> None:
@@ -47,31 +43,6 @@ def _root(
 ) -> None:
     """mfclip: MFCLIP face forgery detection. Offline by default: no model hub is contacted unless --online."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise MfclipError(f"--shard takes K/N (e.g. 2/8), got {text!r}") from None
-    if not 1 <= k <= n:
-        raise MfclipError(f"--shard K/N needs 1 <= K <= N, got {text!r}")
-    return k, n
-
-
-def _default_weights(backend: str, weights: str | None) -> str:
-    from .paths import default_checkpoint
-
-    if weights:
-        return weights
-    if backend == "onnx":
-        raise MfclipError("--backend onnx needs --model DIR (a folder written by `mfclip export`)")
-    ckpt = default_checkpoint()
-    if not ckpt.is_file():
-        raise MfclipError(f"the default checkpoint {ckpt} is missing; pass --weights CKPT")
-    return str(ckpt)
 
 
 @app.command()
@@ -108,9 +79,11 @@ def scan(
     """Score every face in images and videos. Exit 0: nothing flagged, 1: something flagged fake,
     2: usage/fatal error (nothing scanned), 3: nothing flagged but some inputs could not be read,
     4: a report could not be written (the others were), 130/143: stopped by SIGINT/SIGTERM (partial report)."""
-    signals = _ScanSignals()  # first: a signal during start-up must already end cleanly
+    from .verbs import ScanSignals, scan_verb
+
+    signals = ScanSignals()  # first: a signal during start-up must already end cleanly
     try:
-        _scan(signals, paths=paths, json_out=json_out, csv_out=csv_out, jsonl_out=jsonl_out, html_out=html_out,
+        scan_verb(signals, paths=paths, json_out=json_out, csv_out=csv_out, jsonl_out=jsonl_out, html_out=html_out,
               html_thumbs=html_thumbs, explain=explain, explain_dir=explain_dir, weights=weights,
               backend=backend, model_dir=model_dir, device=device, batch_size=batch_size, workers=workers,
               threshold=threshold, uncertain_band=uncertain_band, max_faces=max_faces, min_face=min_face,
@@ -124,142 +97,6 @@ def scan(
         raise typer.Exit(128 + (signals.received[0] if signals.received else signal.SIGINT)) from None
     finally:
         signals.restore()
-
-
-class _ScanSignals:
-    """SIGINT and SIGTERM during a scan: before the scan starts they abort start-up (KeyboardInterrupt);
-    once it runs they set ``stop``, so the scan ends after the item in hand and every report is written."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.stop = threading.Event()
-        self.received: list[int] = []
-        self.scanning = False
-        self._before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in self._before:
-            signal.signal(s, self._handle)
-
-    def _handle(self, signum: int, frame) -> None:
-        self.received.append(signum)
-        if self.scanning:
-            self.stop.set()  # further signals change nothing: the partial report is being written
-        elif len(self.received) == 1:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        for s, handler in self._before.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-
-
-def _scan(signals: _ScanSignals, *, paths, json_out, csv_out, jsonl_out, html_out, html_thumbs, explain,
-          explain_dir, weights, backend, model_dir, device,
-          batch_size, workers, threshold, uncertain_band, max_faces, min_face, no_face, detector, fps, frames,
-          video_top, from_file, shard_opt, max_pixels, provenance, quiet) -> None:
-    from .media import quiet_video_decoders
-    from .report import (
-        ExplanationWriter,
-        JsonlWriter,
-        WriteFailure,
-        exit_code_for,
-        plan_report_targets,
-        render_table,
-        safe_text,
-        write_reports,
-    )
-    from .scan import ScanOptions, run_scan
-
-    if not paths and not from_file:
-        _fail(MfclipError("give at least one path, or --from-file LIST"))
-    try:
-        if model_dir is not None and backend != "onnx":
-            raise MfclipError(f"--model DIR runs an exported model and needs --backend onnx (got --backend "
-                              f"{backend}); for a checkpoint use --weights CKPT")
-        if weights is not None and backend == "onnx":
-            raise MfclipError("--backend onnx runs an exported folder: pass --model DIR instead of --weights")
-        if explain and explain_dir is None:
-            raise MfclipError("--explain needs --explain-dir DIR: the folder its overlay PNGs are written to")
-        if explain_dir is not None and not explain:
-            raise MfclipError("--explain-dir is where --explain writes its pictures; add --explain (or drop it)")
-        if html_thumbs < 0:
-            raise MfclipError(f"--html-thumbs must be >= 0 (0: no pictures), got {html_thumbs}")
-        opts = ScanOptions(
-            backend=backend, device=device, batch_size=batch_size, workers=workers, threshold=threshold,
-            uncertain_band=uncertain_band, max_faces=max_faces, min_face=min_face, no_face=no_face,
-            detector=detector, fps=fps, frames=frames, video_top_frac=video_top, max_pixels=max_pixels,
-            shard=_parse_shard(shard_opt), explain=explain, provenance=provenance,
-        )
-        ckpt = _default_weights(backend, model_dir if backend == "onnx" else weights)
-        targets = plan_report_targets(json_out, csv_out, jsonl_out, path_list=from_file, html_out=html_out,
-                                      explain_dir=explain_dir)
-    except MfclipError as exc:
-        _fail(exc)
-    quiet_video_decoders()
-
-    to_stdout = any(t.to_stdout for t in targets)
-    out_console = Console(stderr=to_stdout)
-    show_progress = not quiet and err_console.is_terminal
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err_console, disable=not show_progress, transient=True)
-    task = progress.add_task("scan", total=None)
-    jsonl_target = next((t for t in targets if t.option == "--jsonl"), None)
-    jsonl = JsonlWriter(jsonl_target.path) if jsonl_target else None
-    failures: list[WriteFailure] = []
-    pictures = ExplanationWriter(explain_dir) if explain else None
-
-    def stream_failed(exc: OSError) -> None:
-        nonlocal jsonl
-        failures.append(WriteFailure(jsonl_target, exc.strerror or str(exc)))
-        jsonl.close()
-        jsonl = None  # the scan goes on; --json/--csv still get every result
-
-    def on_total(n: int) -> None:
-        progress.update(task, total=n)
-        signals.scanning = True
-        if jsonl is not None:
-            try:
-                jsonl.open()  # truncated only now that the scan really starts
-            except OSError as exc:
-                stream_failed(exc)
-
-    def on_item(item) -> None:
-        if jsonl is not None:
-            try:
-                jsonl.write(item)
-            except OSError as exc:
-                stream_failed(exc)
-        if quiet and item.error is not None:  # -q still shows errors, one line per file
-            err_console.print(f"error: {safe_text(item.error['message'])} [{item.error['code']}]",
-                              markup=False, highlight=False, soft_wrap=True)
-        progress.advance(task)
-
-    try:
-        with progress:
-            result = run_scan(paths or [], ckpt, opts, from_file=from_file, on_item=on_item, on_total=on_total,
-                              stop=signals.stop, report_targets=targets, write_explanations=pictures)
-    except MfclipError as exc:
-        _fail(exc)
-    finally:
-        if jsonl is not None:
-            jsonl.close()
-
-    if pictures is not None and pictures.failure is not None:
-        failures.append(WriteFailure(next(t for t in targets if t.is_folder), pictures.failure))
-    failures += write_reports(result, targets, html_thumbs=html_thumbs)
-    if not quiet:
-        render_table(result, out_console)  # prints the summary line too
-    interrupted_by = (signals.received[0] if signals.received else True) if result.interrupted else False
-    for f in failures:
-        err_console.print(f"error: {f.message()}", markup=False, highlight=False, soft_wrap=True)
-    if result.interrupted:
-        name = signal.Signals(signals.received[0]).name if signals.received else "SIGINT"
-        err_console.print(f"[yellow]interrupted ({name}): the reports hold the {len(result.items)} item(s) "
-                          f"finished so far (\"interrupted\": true)[/]", highlight=False)
-    code = exit_code_for(result.summary(), interrupted_by=interrupted_by, report_failed=bool(failures))
-    raise typer.Exit(int(code))
 
 
 @app.command()
@@ -372,7 +209,9 @@ def eval_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
 ) -> None:
     """AUC, AP, EER and ACC per generator, kind and family (+ robustness, calibration, plots)."""
-    from .evaluate import EvalOptions, render_eval, run_eval
+    from .evaluate import EvalOptions, run_eval
+    from .report.eval import render_eval
+    from .report.progress import progress_bar
 
     if (data is None) == (suite is None):
         _fail(MfclipError("pass either --data ROOT (one dataset) or --suite DIR (every sub-folder a dataset), "
@@ -399,7 +238,11 @@ def eval_cmd(
             target_fpr=target_fpr, calibrated_out=calibrated_out, bootstrap=bootstrap,
             json_out=str(json_out) if json_out else None, plots=str(plots) if plots else None, strict=strict,
             batch_size=batch_size, workers=workers, device=device)
-        result = run_eval(opts, progress=not quiet and err_console.is_terminal)
+        progress = progress_bar(err_console, enabled=not quiet and err_console.is_terminal)
+        task = progress.add_task("eval", total=None)
+        with progress:
+            result = run_eval(opts, on_event=lambda ev: progress.update(task, description=ev.what,
+                                                                         completed=ev.done, total=ev.total))
     except MfclipError as exc:
         _fail(exc)
     if not quiet:
@@ -409,13 +252,12 @@ def eval_cmd(
 def _eval_suite(checkpoint: str, suite: str, *, bootstrap: int, seed: int, batch_size: int, workers: int,
                 device: str, robustness: bool, json_out: Path | None, plots: Path | None, quiet: bool) -> None:
     """`eval --suite`: run the suite, write JSON and plots, render; exit 2 when no set could be scored."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .evaluate import SuiteEvent, render_suite, run_suite, write_suite_plots
+    from .evaluate import SuiteEvent, run_suite, write_suite_plots
     from .fsutil import atomic_write_json
+    from .report.eval import render_suite
+    from .report.progress import progress_bar
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err_console, disable=quiet or not err_console.is_terminal, transient=True)
+    progress = progress_bar(err_console, enabled=not quiet and err_console.is_terminal)
     task = progress.add_task("suite", total=None)
 
     def on_event(ev: SuiteEvent) -> None:

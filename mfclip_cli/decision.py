@@ -8,7 +8,7 @@ at inference the CLI may override it and the crop policy (:func:`resolve_inferen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -16,6 +16,8 @@ from numpy.typing import ArrayLike
 from sklearn.metrics import roc_curve
 
 from .faces.types import CropPolicy
+from .model.metadata import ThresholdRecord
+from .precedence import overlay
 
 THRESHOLD_METHODS = ("eer", "target_fpr")
 Verdict = Literal["fake", "real", "uncertain"]
@@ -89,8 +91,8 @@ def equal_error_rate(scores: ArrayLike, labels: ArrayLike) -> tuple[float | None
 
 def choose_threshold(
     scores: ArrayLike, labels: ArrayLike, method: str = "eer", target_fpr: float | None = None
-) -> tuple[float, dict[str, Any]]:
-    """A decision threshold chosen on validation data, and a dict saying how (stored in the checkpoint).
+) -> tuple[float, ThresholdRecord]:
+    """A decision threshold chosen on validation data, and the record of how (stored in the checkpoint).
 
     ``eer``: the EER threshold (needs both classes). ``target_fpr``: the lowest threshold whose
     false-positive rate on the reals is at most ``target_fpr`` (needs reals only); when even the
@@ -103,7 +105,7 @@ def choose_threshold(
         eer, thr = equal_error_rate(s, y)
         if eer is None or thr is None:
             raise ValueError("method 'eer' needs both real and fake samples to choose a threshold")
-        return thr, {"method": "eer", "eer": eer}
+        return thr, ThresholdRecord(value=float(thr), method="eer", eer=float(eer))
     if method == "target_fpr":
         if target_fpr is None or not 0.0 <= target_fpr <= 1.0:
             raise ValueError(f"method 'target_fpr' needs target_fpr in [0, 1], got {target_fpr}")
@@ -117,13 +119,10 @@ def choose_threshold(
         ok = n_flagged <= target_fpr * real.size + 1e-9
         thr = float(candidates[int(np.argmax(ok))])
         fake = s[y == 1]
-        info: dict[str, Any] = {
-            "method": "target_fpr",
-            "target_fpr": float(target_fpr),
-            "fpr": float(fpr[int(np.argmax(ok))]),
-            "tpr": float(np.mean(is_fake(fake, thr))) if fake.size else None,
-        }
-        return thr, info
+        return thr, ThresholdRecord(
+            value=thr, method="target_fpr", target_fpr=float(target_fpr), fpr=float(fpr[int(np.argmax(ok))]),
+            tpr=float(np.mean(is_fake(fake, thr))) if fake.size else None,
+        )
     raise ValueError(f"unknown threshold method {method!r}; valid: {', '.join(THRESHOLD_METHODS)}")
 
 
@@ -136,9 +135,8 @@ class Inference:
 
 
 def override_crop(policy: CropPolicy, **flags: Any) -> CropPolicy:
-    """``policy`` with each field given a non-None value in ``flags`` replaced (None: keep the policy's)."""
-    given = {k: v for k, v in flags.items() if v is not None}
-    return replace(policy, **given) if given else policy
+    """``policy`` with each field given a non-None value in ``flags`` replaced (``precedence.overlay``)."""
+    return overlay(policy, **flags)
 
 
 def resolve_inference(

@@ -66,8 +66,9 @@ def collect_info(weights: str | None = None) -> dict[str, Any]:
         from .model.checkpoint import read_checkpoint_meta
 
         meta = read_checkpoint_meta(ckpt)
-        entry.update(present=True, sha256=sha256_file(ckpt), preset=meta["model"].get("preset"),
-                     threshold=meta.get("threshold"), training=meta.get("training", {}).get("protocol"))
+        entry.update(present=True, sha256=sha256_file(ckpt), preset=meta.preset,
+                     threshold=None if meta.threshold is None else meta.threshold.to_json(),
+                     training=None if meta.training is None else meta.training.protocol)
     except Exception as exc:  # noqa: BLE001 - info reports problems, it does not fail on them
         entry.update(present=False, problem=str(exc))
     data["checkpoint"] = entry

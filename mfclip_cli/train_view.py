@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Self
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .report.progress import progress_bar
 
 
 class TrainView:
@@ -14,9 +15,7 @@ class TrainView:
     def __init__(self, quiet: bool, console: Console, err_console: Console):
         self.quiet = quiet
         self.console = console
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=err_console,
-                                 disable=quiet or not err_console.is_terminal, transient=True)
+        self.progress = progress_bar(err_console, enabled=not quiet and err_console.is_terminal, elapsed=True)
         self.task = None
 
     def __enter__(self) -> Self:

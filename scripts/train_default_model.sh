@@ -21,9 +21,8 @@ fi
 uv run python - "$RUN/best.safetensors" weights/mfclip_default.safetensors <<'PY'
 import sys
 from mfclip_cli.model import load_checkpoint, save_checkpoint
-model, meta = load_checkpoint(sys.argv[1])
-keep = {k: v for k, v in meta.items() if k not in ("sha256", "path", "format_version", "model", "package_version", "dtype")}
-save_checkpoint(sys.argv[2], model, meta=keep, half=True, include_text=False)
+model, meta = load_checkpoint(sys.argv[1])  # CheckpointMeta: architecture, dtype and version follow what is written
+save_checkpoint(sys.argv[2], model, meta=meta, half=True, include_text=False)
 PY
 uv run mfclip export weights/mfclip_default.safetensors --out weights/mfclip_default_onnx --overwrite
 uv run mfclip eval weights/mfclip_default.safetensors --data "$DATA" --split test --test-frac 0.05 --seed 0 \

@@ -72,11 +72,14 @@ def test_config_survives_a_dict_round_trip():
 
 
 def test_fp32_round_trip_gives_identical_outputs(tmp_path, trained_tiny):
-    path = save_checkpoint(tmp_path / "m.safetensors", trained_tiny, meta={"threshold": 0.42})
+    from mfclip_cli.model.metadata import CheckpointMeta, ThresholdRecord
+
+    path = save_checkpoint(tmp_path / "m.safetensors", trained_tiny,
+                           meta=CheckpointMeta(threshold=ThresholdRecord(0.42)))
     model, meta = load_checkpoint(path)
     assert not model.training
-    assert meta["threshold"] == 0.42 and meta["format_version"] == FORMAT_VERSION and meta["dtype"] == "float32"
-    assert meta["model"]["preset"] == "tiny" and len(meta["sha256"]) == 64
+    assert meta.threshold.value == 0.42 and meta.format_version == FORMAT_VERSION and meta.dtype == "float32"
+    assert meta.model.preset == "tiny" and len(meta.sha256) == 64
     before, after = outputs(trained_tiny), outputs(model)
     for k in before:
         assert torch.equal(before[k], after[k]), k
@@ -88,7 +91,7 @@ def test_fp16_round_trip_is_close(tmp_path, trained_tiny):
     with safe_open(str(path), framework="pt") as fh:
         assert fh.get_tensor("mlp_head.1.weight").dtype == torch.float16
     model, meta = load_checkpoint(path)
-    assert meta["dtype"] == "float16"
+    assert meta.dtype == "float16"
     assert model.mlp_head[1].weight.dtype == torch.float32
     before, after = outputs(trained_tiny), outputs(model)
     assert (before["probs"] - after["probs"]).abs().max() < 1e-2
@@ -103,7 +106,7 @@ def test_inference_only_checkpoint_drops_the_text_tower(tmp_path, trained_tiny):
     assert any(k.startswith("text.") for k in load_file(str(full)))
     assert slim.stat().st_size < full.stat().st_size
     model, meta = load_checkpoint(slim)
-    assert meta["model"]["include_text"] is False and model.text is None
+    assert meta.model.include_text is False and model.text is None
     before, after = outputs(trained_tiny), outputs(model)
     assert torch.equal(before["probs"], after["probs"]) and torch.equal(before["v"], after["v"])
     with pytest.raises(RuntimeError, match="without its text tower"):
@@ -118,7 +121,7 @@ def test_lora_model_is_saved_merged_and_reloads_with_equal_outputs(tmp_path, tra
     assert has_lora(model)  # saving merges a copy: the model being trained keeps its adapters
     assert not any("lora" in k for k in load_file(str(path)))
     loaded, meta = load_checkpoint(path)
-    assert meta["model"]["lora"] is None and not has_lora(loaded)
+    assert meta.model.lora is None and not has_lora(loaded)
     after = outputs(loaded)
     for k in before:
         torch.testing.assert_close(after[k], before[k], rtol=0, atol=1e-5)
@@ -129,7 +132,7 @@ def test_training_checkpoint_can_keep_lora_adapters(tmp_path, trained_lora):
     path = save_checkpoint(tmp_path / "resume.safetensors", model, merge=False)
     assert any("lora_B" in k for k in load_file(str(path)))
     loaded, meta = load_checkpoint(path)
-    assert meta["model"]["lora"]["rank"] == 4 and has_lora(loaded)
+    assert meta.model.lora.rank == 4 and has_lora(loaded)
     before, after = outputs(model), outputs(loaded)
     for k in before:
         assert torch.equal(before[k], after[k]), k
@@ -178,7 +181,7 @@ def test_loading_never_unpickles(tmp_path, writer):
 def test_refuses_wrong_format_version_missing_metadata_and_missing_file(tmp_path, trained_tiny):
     good = save_checkpoint(tmp_path / "good.safetensors", trained_tiny)
     tensors = load_file(str(good))
-    meta = read_checkpoint_meta(good)
+    meta = read_checkpoint_meta(good).to_json()
     meta["format_version"] = FORMAT_VERSION + 1
     future = tmp_path / "future.safetensors"
     save_file(tensors, str(future), metadata={META_KEY: json.dumps(meta)})
@@ -196,7 +199,7 @@ def test_refuses_wrong_format_version_missing_metadata_and_missing_file(tmp_path
 def test_tensors_that_do_not_fit_the_declared_config_are_a_checkpoint_error(tmp_path, trained_tiny):
     good = save_checkpoint(tmp_path / "good.safetensors", trained_tiny)
     tensors = load_file(str(good))
-    meta = read_checkpoint_meta(good)
+    meta = read_checkpoint_meta(good).to_json()
     meta["model"]["noise"]["width"] = 32  # declared noise branch no longer matches the stored tensors
     meta["model"]["noise"]["heads"] = 2
     lying = tmp_path / "lying.safetensors"
@@ -206,17 +209,46 @@ def test_tensors_that_do_not_fit_the_declared_config_are_a_checkpoint_error(tmp_
 
     del tensors["mlp_head.1.weight"]
     partial = tmp_path / "partial.safetensors"
-    save_file(tensors, str(partial), metadata={META_KEY: json.dumps(read_checkpoint_meta(good))})
+    save_file(tensors, str(partial), metadata={META_KEY: json.dumps(read_checkpoint_meta(good).to_json())})
     with pytest.raises(CheckpointError, match="missing.*mlp_head.1.weight"):
         load_checkpoint(partial)
 
 
 def test_threshold_record_keeps_how_the_threshold_was_chosen_and_checks_its_value():
     from mfclip_cli.errors import CheckpointError
-    from mfclip_cli.model.metadata import threshold_record
+    from mfclip_cli.model.metadata import CheckpointMeta
 
-    meta = {"path": "m.safetensors", "threshold": {"value": 0.4, "method": "eer", "eer": 0.1}}
-    assert threshold_record(meta) == {"value": 0.4, "method": "eer", "eer": 0.1}
-    assert threshold_record({"threshold": 0.3}) == {"value": 0.3, "method": "unknown"}
+    model = load_preset("tiny").to_dict()
+    meta = CheckpointMeta.from_json({"model": model, "threshold": {"value": 0.4, "method": "eer", "eer": 0.1}},
+                                    "m.safetensors")
+    assert meta.decision_threshold().to_json() == {"value": 0.4, "method": "eer", "eer": 0.1}
+    bare = CheckpointMeta.from_json({"model": model, "threshold": 0.3}, "m.safetensors")
+    assert bare.decision_threshold().to_json() == {"value": 0.3, "method": "unknown"}
     with pytest.raises(CheckpointError, match="m.safetensors records no decision threshold"):
-        threshold_record({"path": "m.safetensors"})
+        CheckpointMeta.from_json({"model": model}, "m.safetensors").decision_threshold()
+    with pytest.raises(CheckpointError, match="m.safetensors: the threshold 1.5 is outside"):
+        CheckpointMeta.from_json({"model": model, "threshold": {"value": 1.5}}, "m.safetensors")
+
+
+def test_checkpoint_meta_round_trips_through_its_json(tmp_path, trained_tiny):
+    from mfclip_cli.faces.types import CropPolicy
+    from mfclip_cli.model.metadata import (
+        CheckpointMeta,
+        InputSpec,
+        TaxonomyRecord,
+        ThresholdRecord,
+        TrainingRecord,
+    )
+
+    meta = CheckpointMeta(
+        threshold=ThresholdRecord(0.3, "target_fpr", target_fpr=0.05, fpr=0.04, tpr=None),
+        input=InputSpec(CropPolicy(min_face=30), trained_tiny.cfg.preprocess),
+        training=TrainingRecord(protocol="in-domain", seed=3, file_hashes16=("ab", "cd"), extra={"new": 1}),
+        taxonomy=TaxonomyRecord(("real", "stylegan2")), extra={"note": "kept"})
+    path = save_checkpoint(tmp_path / "m.safetensors", trained_tiny, meta=meta)
+    back = read_checkpoint_meta(path)
+    assert back.threshold == meta.threshold and back.input == meta.input
+    assert back.training == meta.training and back.taxonomy == meta.taxonomy and back.extra == {"note": "kept"}
+    assert back.to_json()["threshold"] == {"value": 0.3, "method": "target_fpr", "target_fpr": 0.05,
+                                           "fpr": 0.04, "tpr": None}
+    assert CheckpointMeta.from_json(back.to_json(), str(path)) == back

@@ -21,7 +21,7 @@ from mfclip_cli.data.protocols import (
     make_protocol,
     write_split_files,
 )
-from mfclip_cli.data.splits import assign_splits, check_disjoint, overlap_by_content
+from mfclip_cli.data.splits import assign_splits, check_disjoint
 from mfclip_cli.data.taxonomy import KINDS, Label, label_for_generator, lookup_generator
 from mfclip_cli.data.transforms import PERTURBATIONS, TrainAugment, get_perturbation, standardize
 from mfclip_cli.errors import DatasetError
@@ -319,12 +319,9 @@ def test_preset_splits_are_kept_for_the_whole_group():
         assign_splits(recs)
 
 
-def test_disjoint_and_content_overlap(tmp_path: Path):
+def test_disjoint():
     recs = synthetic(3)
     assert check_disjoint(recs[:4], recs[3:6]) == [recs[3].path]
-    a1, a2 = touch(tmp_path, "a/1.png", b"same"), touch(tmp_path, "a/2.png", b"diff")
-    b1, b2 = touch(tmp_path, "b/x.png", b"same"), touch(tmp_path, "b/y.png", b"abcd")
-    assert overlap_by_content([str(a1), str(a2)], [str(b1), str(b2)]) == [(str(a1), str(b1))]
 
 
 # --- protocols ---------------------------------------------------------------------------------------

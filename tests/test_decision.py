@@ -60,8 +60,8 @@ def test_override_crop_validates_the_result():
 def test_choose_threshold_eer_returns_the_eer_threshold():
     s, y = separable_ish(5)
     thr, info = D.choose_threshold(s, y, "eer")
-    assert info["method"] == "eer"
-    assert (info["eer"], thr) == D.equal_error_rate(s, y)
+    assert info.method == "eer" and info.value == thr
+    assert (info.eer, thr) == D.equal_error_rate(s, y)
 
 
 @pytest.mark.parametrize("target", [0.0, 0.01, 0.05, 0.1, 0.5, 1.0])
@@ -71,7 +71,7 @@ def test_choose_threshold_target_fpr_keeps_real_fpr_under_target(target):
     thr, info = D.choose_threshold(s, y, "target_fpr", target_fpr=target)
     fpr = np.mean(real >= thr)
     assert fpr <= target + 1e-12
-    assert info["fpr"] == pytest.approx(fpr)
+    assert info.fpr == pytest.approx(fpr)
     # lowest such threshold: the next lower distinct score would exceed the target
     lower = s[s < thr]
     if lower.size:
@@ -84,7 +84,7 @@ def test_choose_threshold_lower_target_means_higher_threshold_and_works_on_reals
     t_loose, _ = D.choose_threshold(s, y, "target_fpr", target_fpr=0.2)
     assert t_strict > t_loose
     thr, info = D.choose_threshold(s[y == 0], y[y == 0], "target_fpr", target_fpr=0.1)
-    assert info["tpr"] is None and np.mean(s[y == 0] >= thr) <= 0.1
+    assert info.tpr is None and np.mean(s[y == 0] >= thr) <= 0.1
 
 
 def test_choose_threshold_rejects_unknown_method_and_missing_target():

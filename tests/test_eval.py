@@ -13,7 +13,8 @@ import pytest
 
 from mfclip_cli.data.transforms import PERTURBATIONS
 from mfclip_cli.errors import MfclipError
-from mfclip_cli.evaluate import SCHEMA_ID, EvalOptions, render_eval, run_eval
+from mfclip_cli.evaluate import SCHEMA_ID, EvalOptions, run_eval
+from mfclip_cli.report.eval import render_eval
 
 GENERATORS = ("ddpm", "stylegan2")
 
@@ -141,19 +142,22 @@ def test_split_test_of_the_training_data_does_not_overlap(env):
 def test_split_test_follows_the_test_share_recorded_in_the_checkpoint(env):
     from mfclip_cli.data.layouts import read_dataset
     from mfclip_cli.evaluate import select_sets
+    from mfclip_cli.model.metadata import CheckpointMeta, TrainingRecord
 
     records = read_dataset(env["train"])
     opts = _opts(env, env["train"], split="test")
     sizes = {}
     for frac in (0.2, 0.5):
-        sets, notes = select_sets(opts, records, {"training": {"val_frac": 0.1, "test_frac": frac}})
+        recorded = CheckpointMeta(training=TrainingRecord(val_frac=0.1, test_frac=frac))
+        sets, notes = select_sets(opts, records, recorded)
         sizes[frac] = len(sets["split:test"])
         assert f"test {frac:g}" in notes[0]
     assert 0 < sizes[0.2] < sizes[0.5] < len(records)
     # an explicit --test-frac wins over the record; no record means train's default 0.2
-    sets, _ = select_sets(replace(opts, test_frac=0.5), records, {"training": {"test_frac": 0.2}})
+    sets, _ = select_sets(replace(opts, test_frac=0.5), records,
+                          CheckpointMeta(training=TrainingRecord(test_frac=0.2)))
     assert len(sets["split:test"]) == sizes[0.5]
-    sets, _ = select_sets(opts, records, {})
+    sets, _ = select_sets(opts, records, CheckpointMeta())
     assert len(sets["split:test"]) == sizes[0.2]
 
 
@@ -172,12 +176,12 @@ def test_calibrate_writes_a_checkpoint_with_target_fpr_threshold(env, tmp_path):
     result = run_eval(_opts(env, env["fresh"], calibrate=str(calib), target_fpr=0.1, calibrated_out=str(out)))
     meta = read_checkpoint_meta(out)
     old = read_checkpoint_meta(env["ckpt"])
-    assert meta["threshold"]["method"] == "target_fpr"
-    assert meta["threshold"]["data"] == str(calib)
-    assert meta["threshold"]["value"] == pytest.approx(result.threshold["value"])
-    assert meta["threshold"]["previous"]["value"] == pytest.approx(old["threshold"]["value"])
-    assert meta["training"] == old["training"] and "sha256" not in meta
-    assert result.sets[0].row("all").metrics.threshold == pytest.approx(meta["threshold"]["value"])
+    assert meta.threshold.method == "target_fpr"
+    assert meta.threshold.data == str(calib)
+    assert meta.threshold.value == pytest.approx(result.threshold.value)
+    assert meta.threshold.previous.value == pytest.approx(old.threshold.value)
+    assert meta.training == old.training and "sha256" not in meta.to_json()
+    assert result.sets[0].row("all").metrics.threshold == pytest.approx(meta.threshold.value)
     # the new checkpoint flags at most 10% of the calibration reals
     check = run_eval(replace(_opts(env, calib), checkpoint=str(out)))
     assert check.sets[0].row("all").metrics.real_acc >= 0.9
@@ -190,7 +194,7 @@ def test_default_calibrated_path_is_next_to_the_checkpoint(env, tmp_path):
     shutil.copy(env["ckpt"], ckpt)
     result = run_eval(replace(_opts(env, env["fresh"]), checkpoint=str(ckpt), calibrate=str(env["fresh"])))
     assert result.calibrated_checkpoint["path"] == str(tmp_path / "model.calibrated.safetensors")
-    assert result.threshold["method"] == "eer"
+    assert result.threshold.method == "eer"
     assert any("calibration data" in w for w in result.warnings)
 
 
@@ -200,8 +204,10 @@ def test_corrupt_image_is_skipped_and_counted(env, tmp_path):
     root = tmp_path / "with_bad"
     shutil.copytree(env["fresh"], root)
     (root / "fake" / "entire_synthesis" / "ddpm" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    result = run_eval(_opts(env, root), progress=True)
+    events = []
+    result = run_eval(_opts(env, root), on_event=events.append)
     assert result.skipped == {"all": 1}
+    assert any(e.what == "face crops" and e.done == e.total == 25 for e in events)
     assert result.sets[0].n_skipped == 1
     assert result.skipped_files[0]["path"].endswith("broken.png")
     assert result.sets[0].row("all").metrics.n == 24
@@ -298,11 +304,10 @@ def test_cli_eval_suite_scores_each_set_and_summarises_the_scorable_ones(env, su
 def test_suite_real_acc_is_per_real_source_at_the_threshold(env, suite_dir, monkeypatch):
     from mfclip_cli.evaluate import run_suite, run_suite_model
     from mfclip_cli.model.checkpoint import load_checkpoint
-    from mfclip_cli.model.metadata import checkpoint_crop_policy, checkpoint_threshold
 
     monkeypatch.setenv("MFCLIP_CACHE", str(env["base"] / "cache"))
     model, meta = load_checkpoint(env["ckpt"])
-    policy = checkpoint_crop_policy(meta)
+    policy = meta.input_spec().crop
     kw = {"workers": 0, "batch_size": 16}
     # threshold 0 flags every image fake, one above 1 none: real-ACC 0 and 1 for every source
     flag_all = run_suite_model(model, 0.0, policy, suite_dir, **kw)
@@ -316,12 +321,12 @@ def test_suite_real_acc_is_per_real_source_at_the_threshold(env, suite_dir, monk
     # the checkpoint path and the loaded model give the same numbers; events report every set
     events = []
     by_path = run_suite(env["ckpt"], suite_dir, on_event=events.append, **kw)
-    by_model = run_suite_model(model, checkpoint_threshold(meta), policy, suite_dir, **kw)
+    by_model = run_suite_model(model, meta.decision_threshold().value, policy, suite_dir, **kw)
     assert by_path.summary == by_model.summary
     assert by_path.set_result("a_normal").rows == by_model.set_result("a_normal").rows
     assert [e.set_name for e in events if e.stage == "set"] == ["a_normal", "b_broken", "c_empty", "d_reals_only"]
     assert any(e.stage == "score" and e.done == e.total == 19 for e in events)
-    assert by_path.to_dict()["checkpoint"]["sha256"] == meta["sha256"]
+    assert by_path.to_dict()["checkpoint"]["sha256"] == meta.sha256
 
 
 def test_suite_with_no_scorable_set_or_no_set_is_an_error(env, tmp_path, monkeypatch):

@@ -118,7 +118,7 @@ def test_page_is_self_contained(examples_run):
 
 
 def test_flagged_items_come_first_and_pictures_are_capped(examples_run, tmp_path):
-    from mfclip_cli.html_report import GROUP_RANK, page_order
+    from mfclip_cli.report.html import GROUP_RANK, page_order
 
     _, _json_path, report = examples_run
     order = page_order(report["items"])
@@ -135,8 +135,8 @@ def test_flagged_items_come_first_and_pictures_are_capped(examples_run, tmp_path
 
 
 def test_paths_are_escaped(tmp_path):
-    from mfclip_cli.html_report import render_html
     from mfclip_cli.report import ItemResult, ModelInfo, ScanResult, utc_now
+    from mfclip_cli.report.html import render_html
 
     evil = str(tmp_path / '"><script>alert(1)</script>.jpg')
     result = ScanResult(model=ModelInfo("m", "0" * 64, 0.5), settings={}, started_at=utc_now(),

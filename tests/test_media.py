@@ -152,7 +152,8 @@ def test_unreadable_file_is_reported(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *a, **kw)
 
-    monkeypatch.setattr(media, "open", refusing_open, raising=False)
+    for room in (media.sniff, media.decode):  # discovery sniffs a file's first bytes; decoding reads it all
+        monkeypatch.setattr(room, "open", refusing_open, raising=False)
     with pytest.raises(MediaError) as err:
         decode_image(target)
     assert err.value.code == "unreadable"

@@ -167,9 +167,9 @@ def test_noise_residual_option_builds_an_npr_branch_of_the_same_shape():
 @pytest.mark.slow
 def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths, tmp_path, train_cache,
                                                                       monkeypatch):
-    import mfclip_cli.train as train_mod
+    from mfclip_cli.train import sampling
 
-    monkeypatch.setattr(train_mod, "AE_STEPS", 5)
+    monkeypatch.setattr(sampling, "AE_STEPS", 5)
     data = tmp_path / "data"
     for folder, n in (("real/london_faceset", 6), ("real/utkface", 6),
                       ("fake/entire_synthesis/stylegan2_tpdne", 6), ("fake/entire_synthesis/sdxl_realvisxl", 6)):
@@ -183,11 +183,11 @@ def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths
         target_fpr=0.25, augment="light", bootstrap=0)
     [result] = run_training(opts)
     meta = read_checkpoint_meta(result.best_checkpoint)
-    training = meta["training"]
-    assert (training["parity"], training["balance"], training["pseudo_fakes"]) == ("on", "sources", "sbi+swap+ae")
-    assert meta["threshold"]["method"] == "target_fpr" and meta["threshold"]["target_fpr"] == 0.25
-    assert meta["threshold"]["fpr"] <= 0.25
-    assert {"self-blended", "swap-blended", "autoencoder"} <= set(meta["taxonomy"]["generators"])
+    training = meta.training
+    assert (training.parity, training.balance, training.pseudo_fakes) == ("on", "sources", "sbi+swap+ae")
+    assert meta.threshold.method == "target_fpr" and meta.threshold.target_fpr == 0.25
+    assert meta.threshold.fpr <= 0.25
+    assert {"self-blended", "swap-blended", "autoencoder"} <= set(meta.taxonomy.generators)
     assert (Path(result.run_dir) / "autoencoder.safetensors").is_file()  # kept for --resume
     records = read_dataset(str(data), "auto")
     assert len(records) == 24

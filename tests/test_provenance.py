@@ -336,7 +336,7 @@ def test_disagreement_is_marked_counted_and_never_changes_the_verdict(tmp_path):
 
 
 def test_html_page_shows_what_the_metadata_claims(tmp_path):
-    from mfclip_cli.html_report import render_html
+    from mfclip_cli.report.html import render_html
 
     signed = P.Provenance(status="claims_captured", c2pa=P.C2paInfo(
         present=True, validation_state="Valid", validation_codes=("signingCredential.untrusted",),
@@ -360,10 +360,10 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-init 'tiny' checkpoint with the default RetinaFace crop policy (scores mean nothing)."""
     from mfclip_cli.faces.types import CropPolicy
     from mfclip_cli.model import build_model, load_preset, save_checkpoint
+    from mfclip_cli.model.metadata import CheckpointMeta, InputSpec, ThresholdRecord
 
     model = build_model(load_preset("tiny"), seed=0)
-    meta = {"threshold": {"value": 0.5, "method": "test"},
-            "preprocess": {**model.cfg.preprocess.to_dict(), "crop": CropPolicy().to_dict()}}  # fmt: skip
+    meta = CheckpointMeta(threshold=ThresholdRecord(0.5, "test"), input=InputSpec(CropPolicy(), model.cfg.preprocess))
     return save_checkpoint(tmp_path_factory.mktemp("prov_ckpt") / "tiny.safetensors", model, meta=meta)
 
 

@@ -39,13 +39,11 @@ def scan_checkpoint(tmp_path_factory) -> Path:
     """A random-init 'tiny' checkpoint with the default RetinaFace crop policy and threshold 0.5."""
     from mfclip_cli.faces.types import CropPolicy
     from mfclip_cli.model import build_model, load_preset, save_checkpoint
+    from mfclip_cli.model.metadata import CheckpointMeta, InputSpec, ThresholdRecord
 
     model = build_model(load_preset("tiny"), seed=0)
     path = tmp_path_factory.mktemp("scan_ckpt") / "tiny.safetensors"
-    meta = {
-        "threshold": {"value": 0.5, "method": "test"},
-        "preprocess": {**model.cfg.preprocess.to_dict(), "crop": CropPolicy().to_dict()},
-    }
+    meta = CheckpointMeta(threshold=ThresholdRecord(0.5, "test"), input=InputSpec(CropPolicy(), model.cfg.preprocess))
     return save_checkpoint(path, model, meta=meta)
 
 
@@ -203,7 +201,8 @@ def test_bad_inputs_become_error_items_and_exit_3(scan_checkpoint, scan_astronau
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_open(path, *a, **kw)
 
-    monkeypatch.setattr(media, "open", refusing_open, raising=False)
+    for room in (media.sniff, media.decode):  # discovery sniffs a file's first bytes; decoding reads it all
+        monkeypatch.setattr(room, "open", refusing_open, raising=False)
 
     expected = {
         "empty.jpg": {"empty_file"},
@@ -455,13 +454,14 @@ def make_checkpoint(tmp_path: Path, name: str, meta_patch=None, raw_meta: str | 
 
     from mfclip_cli.faces.types import CropPolicy
     from mfclip_cli.model import build_model, load_preset, save_checkpoint
+    from mfclip_cli.model.metadata import CheckpointMeta, InputSpec, ThresholdRecord
 
     base = tmp_path / "base.safetensors"
     if not base.exists():
         model = build_model(load_preset("tiny"), seed=0)
-        save_checkpoint(base, model, meta={"threshold": {"value": 0.5, "method": "test"},
-                                           "preprocess": {**model.cfg.preprocess.to_dict(),
-                                                          "crop": CropPolicy().to_dict()}})
+        meta = CheckpointMeta(threshold=ThresholdRecord(0.5, "test"),
+                              input=InputSpec(CropPolicy(), model.cfg.preprocess))
+        save_checkpoint(base, model, meta=meta)
     from safetensors import safe_open
 
     with safe_open(str(base), framework="pt") as fh:
@@ -608,12 +608,12 @@ def test_a_failing_report_does_not_lose_the_others(scan_checkpoint, tmp_path, mo
     """#15.3: the --csv writer fails (e.g. disk full) after the scan: --json is still written, exit 4."""
     import errno
 
-    from mfclip_cli import report as R
+    from mfclip_cli.report import targets
 
     def no_space(result, path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(R, "write_csv", no_space)
+    monkeypatch.setattr(targets, "write_csv", no_space)
     report_path = tmp_path / "r.json"
     result = run_cli(EXAMPLES / "cat.jpg", "--weights", scan_checkpoint, "--csv", tmp_path / "r.csv",
                      "--json", report_path, "-q")

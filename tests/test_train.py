@@ -47,6 +47,35 @@ def _mfclip(args: list[str], *, torchrun: bool = False, **env: str) -> subproces
                           timeout=SUBPROCESS_TIMEOUT, check=False)
 
 
+# `mfclip ARGS` whose training callback SIGKILLs the process after optimizer step S of epoch E (argv[1]="E:S"):
+# a hard crash mid-epoch, driven from the test side through the callback every run reports to
+_KILLING_MFCLIP = """
+import os, signal, sys
+import mfclip_cli.train as train
+from mfclip_cli.cli import main
+
+kill_at = tuple(int(x) for x in sys.argv.pop(1).split(":"))
+run_training = train.run_training
+
+def run_training_then_crash(opts, *, callback, **kw):
+    def on_event(event, payload):
+        callback(event, payload)
+        if event == "step" and (payload["epoch"], payload["step"]) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return run_training(opts, callback=on_event, **kw)
+
+train.run_training = run_training_then_crash
+sys.argv[0] = "mfclip"
+main()
+"""
+
+
+def _mfclip_killed_at(args: list[str], epoch: int, step: int) -> subprocess.CompletedProcess:
+    """Run `mfclip ARGS`, SIGKILLed after optimizer step ``step`` of epoch ``epoch`` (a crash, state unsaved)."""
+    cmd = [sys.executable, "-c", _KILLING_MFCLIP, f"{epoch}:{step}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, check=False)
+
+
 def _explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
 
@@ -76,8 +105,8 @@ def test_tiny_model_learns_a_checkerboard_upsampler_artefact(tmp_path, train_cac
 
     run = Path(result.run_dir)
     meta = read_checkpoint_meta(result.best_checkpoint)
-    assert meta["training"]["val"]["auc"] >= 0.95
-    assert 0.0 <= meta["threshold"]["value"] <= 1.0 and 0.0 <= result.threshold <= 1.0
+    assert meta.training.val["auc"] >= 0.95
+    assert 0.0 <= meta.threshold.value <= 1.0 and 0.0 <= result.threshold <= 1.0
     rows = _metrics(run)
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert all(math.isfinite(r[k]) for r in rows for k in LOSS_TERMS)
@@ -134,7 +163,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_same_run(tmp_path, train_cac
     args = ["train", "--data", str(train_small_set / "manifest.csv"), "--out", str(run), "--epochs", "3",
             "--max-steps", "2", "--batch-size", "8", *TINY_CLI]
 
-    killed = _mfclip(args, MFCLIP_TEST_KILL_AT="1:1")  # SIGKILL after the first step of the 2nd epoch
+    killed = _mfclip_killed_at(args, epoch=1, step=1)  # SIGKILL after the first step of the 2nd epoch
 
     assert killed.returncode == -signal.SIGKILL, _explain(killed)
     before = _metrics(run)
@@ -150,7 +179,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_same_run(tmp_path, train_cac
     assert after[0] == before[0]
     assert (run / "config.json").read_text() == config
     model, meta = load_checkpoint(run / "best.safetensors")
-    assert model.cfg.preset == "tiny" and meta["training"]["best_epoch"] in (0, 1, 2)
+    assert model.cfg.preset == "tiny" and meta.training.best_epoch in (0, 1, 2)
     assert "in-domain" in json.loads((run / "test_metrics.json").read_text())
 
 

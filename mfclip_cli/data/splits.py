@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
 
 from ..errors import DatasetError
-from ..fsutil import sha256_file
 from .manifest import Record
 
 
@@ -74,28 +71,3 @@ def assign_splits(records: list[Record], val: float = 0.1, test: float = 0.2, se
 def check_disjoint(a: Iterable[Record], b: Iterable[Record]) -> list[str]:
     """Sorted paths present in both ``a`` and ``b`` (empty when the sets are disjoint)."""
     return sorted({r.path for r in a} & {r.path for r in b})
-
-
-def overlap_by_content(a_paths: Iterable[str], b_paths: Iterable[str]) -> list[tuple[str, str]]:
-    """Pairs (a, b) of files with identical bytes, sorted; only files whose sizes collide are hashed."""
-    a_list, b_list = sorted(set(map(str, a_paths))), sorted(set(map(str, b_paths)))
-    a_by_size: dict[int, list[str]] = defaultdict(list)
-    b_by_size: dict[int, list[str]] = defaultdict(list)
-    for paths, by_size in ((a_list, a_by_size), (b_list, b_by_size)):
-        for p in paths:
-            by_size[os.path.getsize(p)].append(p)
-    hashes: dict[str, str] = {}
-
-    def digest(p: str) -> str:
-        if p not in hashes:
-            hashes[p] = sha256_file(p)
-        return hashes[p]
-
-    pairs: list[tuple[str, str]] = []
-    for size in sorted(a_by_size.keys() & b_by_size.keys()):
-        b_by_hash: dict[str, list[str]] = defaultdict(list)
-        for p in b_by_size[size]:
-            b_by_hash[digest(p)].append(p)
-        for p in a_by_size[size]:
-            pairs.extend((p, q) for q in b_by_hash.get(digest(p), []))
-    return sorted(pairs)

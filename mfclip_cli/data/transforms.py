@@ -12,12 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-
-def check_rgb(img: np.ndarray) -> None:
-    """Raise ValueError unless ``img`` is an RGB uint8 array of shape (H, W, 3)."""
-    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        desc = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
-        raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {desc}")
+from ..imaging import check_rgb
 
 
 def _for_cv(img: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 
 from mfclip_cli.errors import MfclipError
 from mfclip_cli.faces.types import DETECTOR_NAMES, POLICY_DETECTORS, CropPolicy, Face, FaceDetector
+from mfclip_cli.imaging import check_rgb
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -163,7 +164,7 @@ def align_crop(image: np.ndarray, face: Face, policy: CropPolicy) -> np.ndarray:
     ``policy.margin`` on every side (eyes level, head upright). Otherwise the detection box made square
     around its centre and widened by the margin. Parts outside the image are black.
     """
-    _check_image(image)
+    check_rgb(image)
     return _warp(image, crop_transform(face, policy), policy.size)
 
 
@@ -187,7 +188,7 @@ def crop_faces(
     Faces below ``policy.min_score`` or with a box side shorter than ``policy.min_face`` pixels are
     dropped. Policy detector "none" returns the whole image resized, without calling a detector.
     """
-    _check_image(image)
+    check_rgb(image)
     if policy.detector == "none":
         return [_whole_image(image, policy.size)]
     if detector is None:
@@ -203,9 +204,3 @@ def crop_faces(
     return [(f, align_crop(image, f, policy)) for f in faces]
 
 
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        shape = getattr(image, "shape", None)
-        raise ValueError(
-            f"expected an RGB uint8 HxWx3 array, got {getattr(image, 'dtype', type(image))} {shape}"
-        )

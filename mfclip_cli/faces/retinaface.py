@@ -14,6 +14,7 @@ from mfclip_cli import paths
 from mfclip_cli.cpus import usable_cpus
 from mfclip_cli.errors import WeightsNotFound
 from mfclip_cli.faces.types import Face
+from mfclip_cli.imaging import check_rgb
 
 # Network constants of the biubug6 Pytorch_Retinaface "mobilenet0.25" configuration.
 _STRIDES = (8, 16, 32)
@@ -170,8 +171,7 @@ class RetinaFaceDetector:
         """
         import cv2
 
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")
+        check_rgb(image)
         h, w = image.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
         if scale == 1.0:

@@ -6,7 +6,6 @@ import copy
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -16,20 +15,21 @@ from ..fsutil import atomic_write_bytes, sha256_file
 from .build import build_model
 from .config import ModelConfig
 from .lora import has_lora, merge_lora
-from .metadata import parse_meta_json, validate_checkpoint_meta
+from .metadata import FORMAT_VERSION, CheckpointMeta, Origin, parse_meta_json
 from .mfclip import MFCLIP
 
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_VERSION", "META_KEY", "load_checkpoint", "read_checkpoint_meta", "save_checkpoint"]
 META_KEY = "mfclip"
 _TEXT_PREFIX = "text."
 
 
-def save_checkpoint(path: str | Path, model: MFCLIP, *, meta: dict[str, Any] | None = None,
+def save_checkpoint(path: str | Path, model: MFCLIP, *, meta: CheckpointMeta | None = None,
                     half: bool = False, include_text: bool = True, merge: bool = True) -> Path:
     """Write ``model`` and its metadata atomically; returns the path.
 
-    ``meta`` may carry crop policy, taxonomy, threshold and training info (DESIGN.md). LoRA adapters are
-    merged first unless ``merge=False`` (training checkpoints keep them so a run can resume).
+    ``meta`` carries the threshold, input spec, taxonomy and training record; its architecture, format,
+    package version and dtype are those of what is written. LoRA adapters are merged first unless
+    ``merge=False`` (training checkpoints keep them so a run can resume).
     """
     from safetensors.torch import save
 
@@ -49,17 +49,16 @@ def save_checkpoint(path: str | Path, model: MFCLIP, *, meta: dict[str, Any] | N
         if half and t.is_floating_point():
             t = t.half()
         state[k] = t
-    full_meta = dict(meta or {})
-    full_meta.update(format_version=FORMAT_VERSION, model=cfg.to_dict(), package_version=__version__,
-                     dtype="float16" if half else "float32")
-    data = save(state, metadata={META_KEY: json.dumps(full_meta)})
+    full_meta = replace(meta or CheckpointMeta(), format_version=FORMAT_VERSION, model=cfg,
+                        package_version=__version__, dtype="float16" if half else "float32")
+    data = save(state, metadata={META_KEY: json.dumps(full_meta.to_json())})
     path = Path(path)
     atomic_write_bytes(path, data)
     return path
 
 
-def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's JSON metadata; refuses anything that is not a safetensors file."""
+def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
+    """The checkpoint's metadata record; refuses anything that is not a safetensors file."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -82,24 +81,17 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} has checkpoint format {version}, this mfclip ({__version__}) reads format {FORMAT_VERSION}"
         )
-    return validate_checkpoint_meta(meta, str(path))
+    return CheckpointMeta.from_json(meta, str(path))
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
-                    expect: ModelConfig | None = None) -> tuple[MFCLIP, dict[str, Any]]:
-    """Rebuild the model stored in ``path``; returns (model in eval mode, metadata)."""
+                    expect: ModelConfig | None = None) -> tuple[MFCLIP, CheckpointMeta]:
+    """Rebuild the model stored in ``path``; returns (model in eval mode, metadata with the file's sha256)."""
     from safetensors.torch import load_file
 
     meta = read_checkpoint_meta(path)
-    try:
-        cfg = ModelConfig.from_dict(meta["model"])
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any malformed architecture record is the file's fault
-        raise CheckpointError(
-            f"{path}: its architecture record ('model') is malformed ({type(exc).__name__}: {exc}). "
-            f"Use a checkpoint written by `mfclip train`."
-        ) from None
+    cfg = meta.model
+    assert cfg is not None  # from_json always reads the architecture of a checkpoint
     if expect is not None and _arch_key(expect) != _arch_key(cfg):
         raise CheckpointError(
             f"{path} holds a '{cfg.preset}' model ({_describe(cfg)}) but '{expect.preset}' "
@@ -124,9 +116,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
             f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}"
         )
     model.to(device).eval()
-    meta["sha256"] = sha256_file(path)
-    meta["path"] = str(path)
-    return model, meta
+    return model, replace(meta, origin=Origin(str(path), sha256_file(path), cfg.preset))
 
 
 def _arch_key(cfg: ModelConfig) -> str:

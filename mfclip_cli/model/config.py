@@ -6,11 +6,12 @@ Precedence (lowest to highest): built-in preset < checkpoint < explicit override
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
 from ..errors import MfclipError
+from ..precedence import overlay
 from .preprocess import PreprocessConfig
 
 FUSIONS = ("sum", "concat")
@@ -137,16 +138,15 @@ class ModelConfig:
         return ModelConfig(**d)
 
     def with_overrides(self, **overrides: Any) -> ModelConfig:
-        """A copy with the given non-None fields replaced (CLI flags are the highest precedence)."""
-        clean = {k: v for k, v in overrides.items() if v is not None}
-        if "lora_rank" in clean:
-            rank = clean.pop("lora_rank")
-            clean["lora"] = None if rank <= 0 else LoraConfig(rank=rank, alpha=2 * rank)
-        if "colour_norm" in clean:
-            clean["preprocess"] = replace(self.preprocess, colour_norm=clean.pop("colour_norm"))
-        if "noise_residual" in clean:
-            clean["noise"] = replace(self.noise, residual=clean.pop("noise_residual"))
-        return replace(self, **clean)
+        """A copy with the given non-None fields replaced (``precedence.overlay``: preset < CLI flags); the
+        flags ``lora_rank``, ``colour_norm`` and ``noise_residual`` set the nested field they name."""
+        flags = dict(overrides)
+        rank = flags.pop("lora_rank", None)
+        if rank is not None:
+            flags["lora"] = None if rank <= 0 else LoraConfig(rank=rank, alpha=2 * rank)
+        flags["preprocess"] = overlay(self.preprocess, colour_norm=flags.pop("colour_norm", None))
+        flags["noise"] = overlay(self.noise, residual=flags.pop("noise_residual", None))
+        return overlay(self, **flags)
 
 
 def available_presets() -> list[str]:

@@ -16,8 +16,9 @@ from ..model.preprocess import PreprocessConfig
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What a report says about the model that produced its scores."""
+class BackendInfo:
+    """What a backend loaded: the weights (path, checkpoint SHA-256), the checkpoint's decision threshold and
+    input spec, and where it runs. A scan report keeps the part it names (``report.ModelInfo``)."""
 
     path: str
     sha256: str
@@ -30,7 +31,7 @@ class ModelInfo:
 
 
 class Backend(Protocol):
-    info: ModelInfo
+    info: BackendInfo
 
     def predict(self, image: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """P(fake) for a batch: image (B,3,S,S) CLIP-normalised, noise (B,3,S/g,S/g) in [0,1] -> (B,)."""
@@ -80,11 +81,8 @@ def load_backend(kind: str, weights: str, device: str = "auto", threads: int | N
     eager torch here), else torch; on a usable CUDA device, torch (autocast fp16).
     """
     if kind == "auto":
-        import torch
-
         folder = onnx_export_for(weights)
-        use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        if folder is not None and not use_cuda:
+        if folder is not None and resolve_device(device) == "cpu":
             from .onnx_backend import OnnxBackend
 
             return OnnxBackend(folder, device="cpu", threads=threads)

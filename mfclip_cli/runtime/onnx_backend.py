@@ -16,8 +16,8 @@ import numpy as np
 from ..cpus import usable_cpus
 from ..errors import MfclipError
 from ..fsutil import sha256_file
-from ..model.metadata import validate_manifest
-from . import ModelInfo
+from ..model.metadata import CheckpointMeta
+from . import BackendInfo
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = "mfclip.onnx/1"
@@ -169,7 +169,7 @@ class OnnxBackend:
             raise MfclipError(f"unknown ONNX variant {variant!r}; valid: {', '.join(IMAGE_ENCODER_FILES)}")
         folder = Path(model_dir)
         self.manifest = manifest = read_manifest(folder)
-        threshold, preprocess, crop = validate_manifest(manifest, str(folder / MANIFEST_NAME))
+        self.meta = meta = CheckpointMeta.from_manifest(manifest, str(folder / MANIFEST_NAME))
         graph = manifest["image_encoder"].get(variant)
         if graph is None:
             present = ", ".join(manifest.get("image_encoder", {})) or "none"
@@ -198,12 +198,12 @@ class OnnxBackend:
         if names != IMAGE_INPUTS:
             raise MfclipError(f"{path} has inputs {names}, expected {IMAGE_INPUTS}. {_REEXPORT}")
         self.variant = variant
-        ckpt = manifest.get("checkpoint") or {}
-        self.info = ModelInfo(
-            path=str(folder), sha256=str(ckpt.get("sha256", "")), threshold=threshold,
-            preprocess=preprocess, crop=crop,
+        spec = meta.input_spec()
+        self.info = BackendInfo(
+            path=str(folder), sha256=meta.sha256, threshold=meta.decision_threshold().value,
+            preprocess=spec.preprocess, crop=spec.crop,
             backend="onnx", device=run_device,
-            extra={"variant": variant, "graph": graph["file"], "preset": ckpt.get("preset"),
+            extra={"variant": variant, "graph": graph["file"], "preset": meta.preset,
                    "providers": self.session.get_providers(), "opset": manifest.get("opset")},
         )
 

@@ -6,8 +6,7 @@ import numpy as np
 import torch
 
 from ..model.checkpoint import load_checkpoint
-from ..model.metadata import checkpoint_crop_policy, checkpoint_threshold
-from . import ModelInfo, resolve_device
+from . import BackendInfo, resolve_device
 
 
 class TorchBackend:
@@ -18,9 +17,9 @@ class TorchBackend:
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.model, self.meta = load_checkpoint(checkpoint, device=self.device)
-        self.info = ModelInfo(
-            path=str(checkpoint), sha256=self.meta["sha256"], threshold=checkpoint_threshold(self.meta),
-            preprocess=self.model.cfg.preprocess, crop=checkpoint_crop_policy(self.meta), backend="torch",
+        self.info = BackendInfo(
+            path=str(checkpoint), sha256=self.meta.sha256, threshold=self.meta.decision_threshold().value,
+            preprocess=self.model.cfg.preprocess, crop=self.meta.input_spec().crop, backend="torch",
             device=self.device, extra={"preset": self.model.cfg.preset},
         )
 

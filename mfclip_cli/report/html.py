@@ -22,7 +22,8 @@ import numpy as np
 
 from mfclip_cli.decision import decide
 from mfclip_cli.fsutil import atomic_write_text
-from mfclip_cli.report import DISAGREE_MARK, ItemResult, ScanResult, format_utc, safe_text
+from mfclip_cli.report.scan import DISAGREE_MARK, SCORE_DECIMALS, ItemResult, ScanResult
+from mfclip_cli.report.text import format_utc, round_to, safe_text
 
 DEFAULT_THUMBS = 500  # items with pictures; the rest are listed without (see the module docstring)
 THUMB_SIDE = 320  # px, longer side of an item's thumbnail
@@ -301,7 +302,7 @@ def _provenance_line(p: Mapping[str, Any]) -> str:
     return f'<div class="provenance">{" · ".join(parts)}{mark}</div>'
 
 
-def _header(report: Mapping[str, Any], shown_pictures: int) -> str:
+def _header(report: Mapping[str, Any], threshold: float, shown_pictures: int) -> str:
     s, m = report["summary"], report["model"]
     counts = "".join(f"<div><b>{s[k]}</b> {label}</div>" for k, label in (
         ("items", "items"), ("faces", "faces"), ("fake", "fake"), ("real", "real"),
@@ -320,7 +321,7 @@ def _header(report: Mapping[str, Any], shown_pictures: int) -> str:
                   f'(--html-thumbs); the others are listed without pictures.</p>')
     return (f'<header><h1>mfclip scan report</h1>{banner}<div class="counts">{counts}</div>'
             f'<p>Model <code>{_e(m["path"])}</code> · sha256 <code>{_e(m["sha256"])}</code> · threshold '
-            f'<b>{m["threshold"]}</b> · {_e(report["tool"]["name"])} {_e(report["tool"]["version"])} · '
+            f'<b>{threshold}</b> · {_e(report["tool"]["name"])} {_e(report["tool"]["version"])} · '
             f'{_e(report["started_at"])} → {_e(report["finished_at"])}</p>{capped}'
             f'<details><summary>Settings</summary><table class="settings">{settings}</table></details></header>')
 
@@ -384,7 +385,7 @@ def render_html(result: ScanResult, max_thumbs: int = DEFAULT_THUMBS) -> str:
     """The whole page as a string (see the module docstring)."""
     report = result.to_json()
     items = report["items"]
-    threshold = float(report["model"]["threshold"])
+    threshold = round_to(result.model.threshold, SCORE_DECIMALS)  # as the JSON report states it
     band = float(report["settings"].get("uncertain_band", 0.0))
     order = page_order(items)
     rows = []
@@ -395,6 +396,6 @@ def render_html(result: ScanResult, max_thumbs: int = DEFAULT_THUMBS) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{_e(safe_text(title))}</title><style>{_STYLE}</style></head><body>"
-            f"{_header(report, min(max_thumbs, len(items)))}{_CONTROLS}"
+            f"{_header(report, threshold, min(max_thumbs, len(items)))}{_CONTROLS}"
             "<table id=\"items\"><thead><tr><th>picture</th><th>item</th><th>faces</th></tr></thead><tbody>"
             f"{''.join(rows)}</tbody></table><script>{_SCRIPT}</script></body></html>\n")
