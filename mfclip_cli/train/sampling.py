@@ -31,17 +31,23 @@ def pseudo_fake_kinds(name: str) -> tuple[str, ...]:
     return kinds
 
 
-def reconstructed_entries(reals: list[CropEntry], seed: int) -> list[CropEntry]:
-    """Copies of a seeded ``AE_SHARE`` of the real entries relabelled as autoencoder reconstructions."""
+def _relabelled_copies(reals: list[CropEntry], seed: int, stream: int, share: float, label, source: str,
+                       prefix: str) -> list[CropEntry]:
+    """Copies of a seeded ``share`` of the real entries under a fake ``label``, ``source`` and group prefix."""
     from dataclasses import replace
 
+    rng = np.random.default_rng([seed, stream])
+    pick = sorted(rng.choice(len(reals), size=round(share * len(reals)), replace=False).tolist())
+    return [replace(reals[i], record=replace(reals[i].record, label=label, source=source,
+                                             group=f"{prefix}:{reals[i].record.group}")) for i in pick]
+
+
+def reconstructed_entries(reals: list[CropEntry], seed: int) -> list[CropEntry]:
+    """Copies of a seeded ``AE_SHARE`` of the real entries relabelled as autoencoder reconstructions."""
     from ..data.taxonomy import Label
 
-    label = Label.fake("entire_synthesis", "unknown", "autoencoder")
-    rng = np.random.default_rng([seed, 17])
-    pick = sorted(rng.choice(len(reals), size=round(AE_SHARE * len(reals)), replace=False).tolist())
-    return [replace(reals[i], record=replace(reals[i].record, label=label, source="ae_reconstructed",
-                                             group=f"ae:{reals[i].record.group}")) for i in pick]
+    return _relabelled_copies(reals, seed, 17, AE_SHARE, Label.fake("entire_synthesis", "unknown", "autoencoder"),
+                              "ae_reconstructed", "ae")
 
 
 def autoencoder_for(run_dir: Path, reals: list[CropEntry], seed: int, callback: Callback):
@@ -60,15 +66,10 @@ def autoencoder_for(run_dir: Path, reals: list[CropEntry], seed: int, callback: 
 
 def self_blended_entries(reals: list[CropEntry], seed: int) -> list[CropEntry]:
     """Copies of a seeded ``SBI_SHARE`` of the real entries relabelled as self-blended face-swap fakes."""
-    from dataclasses import replace
-
     from ..data.taxonomy import Label
 
-    label = Label.fake("face_swap", "unknown", "self-blended")
-    rng = np.random.default_rng([seed, 7])
-    pick = sorted(rng.choice(len(reals), size=round(SBI_SHARE * len(reals)), replace=False).tolist())
-    return [replace(reals[i], record=replace(reals[i].record, label=label, source="self_blended",
-                                             group=f"sbi:{reals[i].record.group}")) for i in pick]
+    return _relabelled_copies(reals, seed, 7, SBI_SHARE, Label.fake("face_swap", "unknown", "self-blended"),
+                              "self_blended", "sbi")
 
 
 def swap_blended_entries(reals: list[CropEntry], seed: int) -> tuple[list[CropEntry], list[CropEntry]]:
