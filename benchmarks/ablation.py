@@ -66,6 +66,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "K-G-ae": (("G + autoencoder pseudo-fakes: a further quarter of the reals reconstructed by a small autoencoder "
                 "trained on the run's reals (issue #14 item 4)"),
                [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi+ae", "--epochs", "3"]),
+    "L-G-swa": (("G with stochastic weight averaging: the saved weights are the equal average of the weights after "
+                 "every step of passes 2 and 3 (flat minima travel better across domains; SWAD, Cha et al. 2021)"),
+                [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3",
+                 "--weight-average", "swa"]),
     "G-seed1": ("G with seed 1 (another split, sampling and initialisation of the heads): how much of a gap is luck",
                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3", "--seed", "1"]),
 }

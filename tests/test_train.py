@@ -285,3 +285,65 @@ def test_a_failed_run_does_not_block_its_rerun(tmp_path):
     (out / "best.safetensors").write_bytes(b"")  # a real run's folder is still protected
     third = CliRunner().invoke(app, args)
     assert third.exit_code == 2 and "already holds a training run" in third.stderr
+
+
+# --- weight averaging ---------------------------------------------------------------------------------
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _swa_opts(data: Path, out: Path, average: str = "swa") -> TrainOptions:
+    return TrainOptions(data=str(data / "manifest.csv"), out=str(out), epochs=3, max_steps=2, batch_size=8,
+                        lr=1e-3, patience=5, seed=0, bootstrap=0, weight_average=average, **TINY)
+
+
+def test_swa_averages_every_step_from_the_second_epoch_and_saves_the_average(tmp_path, train_cache,
+                                                                            train_small_set):
+    [result] = run_training(_swa_opts(train_small_set, tmp_path / "run"))
+
+    run = Path(result.run_dir)
+    average = _tensors(run / "average.safetensors")
+    assert int(average["n_averaged"]) == 4  # 2 steps in each of epochs 1 and 2; epoch 0 is left out
+    model, meta = load_checkpoint(run / "best.safetensors")
+    assert meta.training.weight_average == "swa"
+    last, _ = load_checkpoint(run / "last.safetensors")
+    best_sd, last_sd = model.state_dict(), last.state_dict()
+    trained = [k for k in best_sd if k.startswith("image_proj") or k.startswith("noise")]
+    assert trained and any(not torch.equal(best_sd[k], last_sd[k]) for k in trained)  # the average, not the last
+    if meta.training.best_epoch == 2:  # the best epoch's average is the final one
+        for k in trained:
+            torch.testing.assert_close(best_sd[k], average[f"module.{k}"].to(best_sd[k].dtype))
+    else:
+        assert meta.training.best_epoch == 1
+
+
+def test_an_interrupted_swa_run_resumes_to_the_same_average(tmp_path, train_cache, train_small_set):
+    [whole] = run_training(_swa_opts(train_small_set, tmp_path / "whole"))
+
+    class Crash(Exception):
+        pass
+
+    def crash_in_epoch_2(event, payload):
+        if event == "step" and (payload["epoch"], payload["step"]) == (2, 1):
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_training(_swa_opts(train_small_set, tmp_path / "cut"), callback=crash_in_epoch_2)
+    assert int(_tensors(tmp_path / "cut" / "average.safetensors")["n_averaged"]) == 2  # epoch 1 saved
+    run_training(_swa_opts(train_small_set, tmp_path / "cut"), resume=True)
+
+    a, b = _tensors(tmp_path / "whole" / "average.safetensors"), _tensors(tmp_path / "cut" / "average.safetensors")
+    assert int(b["n_averaged"]) == 4 and a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_ema_and_off_leave_no_average_behind_when_off(tmp_path, train_cache, train_small_set):
+    [ema] = run_training(_swa_opts(train_small_set, tmp_path / "ema", "ema"))
+    [off] = run_training(_swa_opts(train_small_set, tmp_path / "off", "off"))
+
+    assert int(_tensors(Path(ema.run_dir) / "average.safetensors")["n_averaged"]) == 4
+    assert not (Path(off.run_dir) / "average.safetensors").exists()
+    assert read_checkpoint_meta(off.best_checkpoint).training.weight_average == "off"

@@ -122,6 +122,7 @@ class TrainingRecord:
     parity: str | None = None
     balance: str | None = None
     pseudo_fakes: str | None = None
+    weight_average: str | None = None
     steps_per_epoch: int | None = None
     image_init: str | None = None
     freeze_image: bool | None = None

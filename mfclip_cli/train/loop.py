@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from .. import __version__
@@ -23,7 +24,7 @@ from ..data.transforms import parity_chain, train_augment
 from ..decision import choose_threshold
 from ..errors import MfclipError
 from ..evaluate import report_for_set, score_entries
-from ..fsutil import atomic_write_json, atomic_write_text, jsonable
+from ..fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
 from ..metrics import binary_metrics
 from ..model import MFCLIPLoss, build_model, load_checkpoint, save_checkpoint
 from ..model.metadata import CheckpointMeta, InputSpec, TaxonomyRecord, ThresholdRecord, TrainingRecord
@@ -101,6 +102,41 @@ class _Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
     use_amp: bool
+    averaged: AveragedModel | None = None  # --weight-average: the running average of the weights
+    average_from: int = 0  # the first epoch whose steps enter the average
+
+
+AVERAGE_FILE = "average.safetensors"
+EMA_DECAY = 0.995
+
+
+@torch.no_grad()
+def _follow(averaged: AveragedModel, model: torch.nn.Module) -> None:
+    """One step into the average: the parameters are averaged, the buffers copied from the model."""
+    averaged.update_parameters(model)
+    for mine, theirs in zip(averaged.module.buffers(), model.buffers(), strict=True):
+        mine.copy_(theirs)
+
+
+def _save_average(run_dir: Path, averaged: AveragedModel) -> None:
+    """The running average (weights, buffers and its count) beside last.safetensors, so --resume goes on with it."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in averaged.state_dict().items()}
+    atomic_write_bytes(run_dir / AVERAGE_FILE, save(tensors))
+
+
+def _load_average(run_dir: Path, averaged: AveragedModel) -> None:
+    from safetensors.torch import load_file
+
+    averaged.load_state_dict(load_file(str(run_dir / AVERAGE_FILE)))
+
+
+def _judged(trainer: _Trainer, core: MFCLIP) -> MFCLIP:
+    """The weights an epoch is validated and saved with: the running average once it holds a step."""
+    if trainer.averaged is not None and int(trainer.averaged.n_averaged) > 0:
+        return trainer.averaged.module
+    return core
 
 
 def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume: bool = False,
@@ -128,6 +164,8 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         trainer.model.load_state_dict(saved.state_dict())
         trainer.model.to(device)
         state = RunState.load(run_dir, trainer.optimizer, trainer.scheduler, trainer.scaler)
+        if trainer.averaged is not None and (run_dir / AVERAGE_FILE).is_file():
+            _load_average(run_dir, trainer.averaged)
         callback("resumed", {"epoch": state.next_epoch})
 
     parity = None if chain is None else (chain, policy)
@@ -157,7 +195,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         manifest_sha256=manifest_sha256(split.train + split.val), seed=opts.seed,
         package_version=__version__, preset=cfg.preset, val_frac=opts.val_frac,
         test_frac=opts.test_frac, augment=opts.augment, parity=opts.parity, balance=opts.balance,
-        pseudo_fakes=opts.pseudo_fakes,
+        pseudo_fakes=opts.pseudo_fakes, weight_average=opts.weight_average,
         steps_per_epoch=opts.max_steps, image_init=cfg.image_init, freeze_image=opts.freeze_image,
     )
     input_spec = InputSpec(policy, cfg.preprocess)
@@ -179,7 +217,8 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
                 break
             continue
         core = unwrap(trainer.model)
-        val_loss, val_scores, val_labels = _validate(core, trainer.loss_fn, val_loader, data.val, device)
+        judged = _judged(trainer, core)
+        val_loss, val_scores, val_labels = _validate(judged, trainer.loss_fn, val_loader, data.val, device)
         set_train_mode(core, opts)
         if opts.target_fpr is None:
             thr, thr_info = choose_threshold(val_scores, val_labels, "eer")
@@ -192,16 +231,19 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
                        val_loss=val_loss, val_auc=m.auc, val_acc=m.acc, threshold=thr,
                        lr=trainer.optimizer.param_groups[0]["lr"], seconds=time.monotonic() - t0,
                        images_per_s=seen / max(train_time, 1e-9))
-        improved = state.record(epoch, asdict(log), val_loss, thr)
+        # with --weight-average the run's product is the average: epochs before it starts cannot be the best
+        improved = state.record(epoch, asdict(log), val_loss, thr, eligible=trainer.averaged is None or judged is not core)
         if improved:
             meta = CheckpointMeta(
                 threshold=thr_info, input=input_spec,
                 taxonomy=TaxonomyRecord(tuple(sorted({e.record.generator for e in data.train}))),
                 training=training.best(epoch=epoch, val=m.to_dict(), val_loss=val_loss, file_hashes16=train_hashes))
-            save_checkpoint(best_ckpt, core, meta=meta)  # merges LoRA into a copy, never into `core`
+            save_checkpoint(best_ckpt, judged, meta=meta)  # merges LoRA into a copy, never into the model
         # last: weights + optimizer state, then metrics, so a crash at any point resumes consistently
         save_checkpoint(last_ckpt, core, merge=False, meta=CheckpointMeta(
             threshold=ThresholdRecord(float(thr), "eer on validation"), input=input_spec, training=training))
+        if trainer.averaged is not None:
+            _save_average(run_dir, trainer.averaged)
         state.save(run_dir, trainer.optimizer, trainer.scheduler, trainer.scaler)
         callback("epoch_end", {**asdict(log), "improved": improved})
         stop = state.bad_epochs >= opts.patience
@@ -261,8 +303,14 @@ def _trainer(opts: TrainOptions, cfg, device: str) -> _Trainer:
     optimizer = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=opts.lr_step, gamma=opts.lr_gamma)
     use_amp = opts.amp and device.startswith("cuda")
+    averaged = None
+    if opts.weight_average != "off":  # a copy of the model (made before any DDP wrap) that follows its weights
+        avg_fn = get_ema_multi_avg_fn(EMA_DECAY) if opts.weight_average == "ema" else None
+        # parameters only: buffers (batch-norm statistics, the text tower's -inf attention mask) follow the model
+        averaged = AveragedModel(model, multi_avg_fn=avg_fn, use_buffers=False)
     return _Trainer(model, MFCLIPLoss(cfg.loss), optimizer, scheduler,
-                    torch.amp.GradScaler("cuda") if use_amp else None, use_amp)
+                    torch.amp.GradScaler("cuda") if use_amp else None, use_amp,
+                    averaged=averaged, average_from=min(1, opts.epochs - 1))
 
 
 def _training_set(opts: TrainOptions, cfg, data: _Data, policy, parity, run_dir: Path,
@@ -325,6 +373,8 @@ def _train_epoch(opts: TrainOptions, trainer: _Trainer, loader: DataLoader, entr
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
+            if trainer.averaged is not None and epoch >= trainer.average_from:
+                _follow(trainer.averaged, unwrap(model))
         n = len(idx)
         seen += n
         for k in sums:

@@ -50,6 +50,9 @@ class TrainOptions:
     # none, or "+"-joined kinds of pseudo-fakes made from a quarter of the training reals each: sbi (self-blended),
     # swap (another real's inner face pasted in), ae (reconstructed by an autoencoder trained on the reals)
     pseudo_fakes: str = "none"
+    # the weights that are validated and saved: off (the optimizer's) | swa (equal average after every step from
+    # the second pass on) | ema (exponential moving average, same start)
+    weight_average: str = "off"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -103,3 +106,4 @@ def no_callback(event: str, payload: dict[str, Any]) -> None:
 
 
 BALANCES = ("none", "sources")
+WEIGHT_AVERAGES = ("off", "swa", "ema")

@@ -13,7 +13,7 @@ from ..data.transforms import parity_chain, train_augment
 from ..errors import MfclipError
 from ..fsutil import atomic_write_json
 from .loop import train_one
-from .options import BALANCES, Callback, TrainOptions, TrainResult, no_callback
+from .options import BALANCES, WEIGHT_AVERAGES, Callback, TrainOptions, TrainResult, no_callback
 from .sampling import pseudo_fake_kinds
 from .setup import model_config_for, process_rank, resolve_splits
 
@@ -26,6 +26,8 @@ def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback
     pseudo_fake_kinds(opts.pseudo_fakes)
     if opts.balance not in BALANCES:
         raise MfclipError(f"unknown --balance {opts.balance!r}; valid: {', '.join(BALANCES)}")
+    if opts.weight_average not in WEIGHT_AVERAGES:
+        raise MfclipError(f"unknown --weight-average {opts.weight_average!r}; valid: {', '.join(WEIGHT_AVERAGES)}")
     if opts.target_fpr is not None and not 0.0 < opts.target_fpr < 1.0:
         raise MfclipError(f"--target-fpr must be between 0 and 1, got {opts.target_fpr}")
     out = Path(opts.out)

@@ -39,10 +39,15 @@ class RunState:
     def next_epoch(self) -> int:
         return self.epoch + 1
 
-    def record(self, epoch: int, row: dict[str, Any], val_loss: float, threshold: float) -> bool:
-        """Count a finished epoch (its metrics ``row``); True when its validation loss is the best so far."""
+    def record(self, epoch: int, row: dict[str, Any], val_loss: float, threshold: float,
+               eligible: bool = True) -> bool:
+        """Count a finished epoch (its metrics ``row``); True when its validation loss is the best so far.
+
+        An epoch that is not ``eligible`` (before --weight-average starts) is logged but never the best."""
         self.epoch = epoch
         self.history.append(row)
+        if not eligible:
+            return False
         improved = val_loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_epoch, self.bad_epochs, self.threshold = val_loss, epoch, 0, threshold
