@@ -70,6 +70,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                  "every step of passes 2 and 3 (flat minima travel better across domains; SWAD, Cha et al. 2021)"),
                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3",
                  "--weight-average", "swa"]),
+    "I-seed1": ("I with seed 1: is the patch grid's lead over G more than luck",
+                [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3",
+                 "--image-patches", "3", "--image-patch-px", "80", "--seed", "1"]),
     "G-seed1": ("G with seed 1 (another split, sampling and initialisation of the heads): how much of a gap is luck",
                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3", "--seed", "1"]),
 }
