@@ -75,6 +75,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                  "--image-patches", "3", "--image-patch-px", "80", "--seed", "1"]),
     "G-seed1": ("G with seed 1 (another split, sampling and initialisation of the heads): how much of a gap is luck",
                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3", "--seed", "1"]),
+    "G-seed2": ("G with seed 2: the spread of the shipped recipe over three seeds",
+                [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3", "--seed", "2"]),
 }
 
 
