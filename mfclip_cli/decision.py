@@ -19,7 +19,7 @@ from .faces.types import CropPolicy
 from .model.metadata import ThresholdRecord
 from .precedence import overlay
 
-THRESHOLD_METHODS = ("eer", "target_fpr")
+THRESHOLD_METHODS = ("eer", "target_fpr", "target_fpr_per_source")
 Verdict = Literal["fake", "real", "uncertain"]
 
 
@@ -90,15 +90,36 @@ def equal_error_rate(scores: ArrayLike, labels: ArrayLike) -> tuple[float | None
 
 
 def choose_threshold(
-    scores: ArrayLike, labels: ArrayLike, method: str = "eer", target_fpr: float | None = None
+    scores: ArrayLike, labels: ArrayLike, method: str = "eer", target_fpr: float | None = None,
+    sources: list[str] | None = None,
 ) -> tuple[float, ThresholdRecord]:
     """A decision threshold chosen on validation data, and the record of how (stored in the checkpoint).
 
     ``eer``: the EER threshold (needs both classes). ``target_fpr``: the lowest threshold whose
     false-positive rate on the reals is at most ``target_fpr`` (needs reals only); when even the
-    highest real must not be flagged the threshold sits just above it.
+    highest real must not be flagged the threshold sits just above it. ``target_fpr_per_source``: the
+    lowest threshold at which no real source (``sources``, one name per sample) has a false-positive rate
+    above ``target_fpr``: the highest of the sources' ``target_fpr`` thresholds.
     """
     s, y = scores_and_labels(scores, labels)
+    if method == "target_fpr_per_source":
+        if sources is None or len(sources) != s.size:
+            raise ValueError("method 'target_fpr_per_source' needs one source name per score")
+        names = np.asarray(sources, dtype=object)
+        per_source = {}
+        for name in sorted(set(names[y == 0].tolist())):
+            keep = (y == 1) | (names == name)
+            per_source[name] = choose_threshold(s[keep], y[keep], "target_fpr", target_fpr)[0]
+        if not per_source:
+            raise ValueError("method 'target_fpr_per_source' needs real samples to measure false-positive rates")
+        thr = max(per_source.values())
+        worst = max(per_source, key=lambda k: (per_source[k], k))
+        real, fake = s[y == 0], s[y == 1]
+        return thr, ThresholdRecord(
+            value=thr, method="target_fpr_per_source", target_fpr=float(target_fpr),
+            fpr=float(np.mean(is_fake(real, thr))), tpr=float(np.mean(is_fake(fake, thr))) if fake.size else None,
+            extra={"binding_source": worst, "n_sources": len(per_source)},
+        )
     if method == "eer":
         if target_fpr is not None:
             raise ValueError("target_fpr is only used with method='target_fpr'")

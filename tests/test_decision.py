@@ -94,3 +94,30 @@ def test_choose_threshold_rejects_unknown_method_and_missing_target():
         D.choose_threshold([0.1, 0.9], [0, 1], "target_fpr")
     with pytest.raises(ValueError, match="both"):
         D.choose_threshold([0.1, 0.9], [1, 1], "eer")
+
+
+def test_per_source_target_fpr_holds_for_every_real_source_where_pooled_does_not():
+    rng = np.random.default_rng(3)
+    easy, hard = rng.uniform(0.0, 0.4, 400), rng.uniform(0.2, 0.9, 40)  # a small real source scored high
+    fake = rng.uniform(0.5, 1.0, 300)
+    s = np.concatenate([easy, hard, fake])
+    y = np.array([0] * 440 + [1] * 300)
+    src = ["studio"] * 400 + ["celebs"] * 40 + ["sd"] * 300
+
+    pooled, _ = D.choose_threshold(s, y, "target_fpr", target_fpr=0.05)
+    thr, info = D.choose_threshold(s, y, "target_fpr_per_source", target_fpr=0.05, sources=src)
+
+    assert np.mean(D.is_fake(hard, pooled)) > 0.05  # the pooled rule flags the small source far more
+    for reals in (easy, hard):
+        assert np.mean(D.is_fake(reals, thr)) <= 0.05
+    assert np.mean(D.is_fake(hard, hard[hard < thr].max())) > 0.05  # the lowest such threshold
+    assert thr > pooled
+    assert info.method == "target_fpr_per_source" and info.extra["binding_source"] == "celebs"
+    assert info.fpr == pytest.approx(np.mean(D.is_fake(s[y == 0], thr)))
+    assert info.tpr == pytest.approx(np.mean(D.is_fake(fake, thr)))
+    assert D.ThresholdRecord.from_json(info.to_json()) == info
+
+
+def test_per_source_target_fpr_needs_a_source_per_score():
+    with pytest.raises(ValueError, match="source name per score"):
+        D.choose_threshold([0.1, 0.9], [0, 1], "target_fpr_per_source", target_fpr=0.05, sources=["a"])

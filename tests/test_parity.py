@@ -164,19 +164,42 @@ def test_noise_residual_option_builds_an_npr_branch_of_the_same_shape():
 
 
 # --- training with all of it -----------------------------------------------------------------------------
-@pytest.mark.slow
-def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths, tmp_path, train_cache,
-                                                                      monkeypatch):
-    from mfclip_cli.train import sampling
-
-    monkeypatch.setattr(sampling, "AE_STEPS", 5)
-    data = tmp_path / "data"
+def _small_pool(face_paths, data: Path) -> Path:
+    """Six faces from each of two real sources and two generators of the pool, as a generic tree."""
     for folder, n in (("real/london_faceset", 6), ("real/utkface", 6),
                       ("fake/entire_synthesis/stylegan2_tpdne", 6), ("fake/entire_synthesis/sdxl_realvisxl", 6)):
         dst = data / folder
         dst.mkdir(parents=True)
         for p in face_paths[folder][:n]:
             shutil.copy(p, dst / p.name)
+    return data
+
+
+@pytest.mark.slow
+def test_training_with_fpr_per_source_records_the_binding_real_source(face_paths, tmp_path, train_cache):
+    import csv
+
+    data = _small_pool(face_paths, tmp_path / "data")
+    opts = TrainOptions(data=str(data), out=str(tmp_path / "run"), preset="tiny", device="cpu", workers=0,
+                        epochs=1, batch_size=8, val_frac=0.4, test_frac=0.2, target_fpr=0.25, fpr_per_source=True,
+                        bootstrap=0)
+    [result] = run_training(opts)
+
+    record = read_checkpoint_meta(result.best_checkpoint).threshold
+    with open(Path(result.run_dir) / "val.csv") as fh:
+        val_sources = {row["source"] for row in csv.DictReader(fh) if row["label"] == "real"}
+    assert record.method == "target_fpr_per_source" and record.target_fpr == 0.25
+    assert record.extra["n_sources"] == len(val_sources) >= 1
+    assert record.extra["binding_source"] in val_sources
+
+
+@pytest.mark.slow
+def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths, tmp_path, train_cache,
+                                                                      monkeypatch):
+    from mfclip_cli.train import sampling
+
+    monkeypatch.setattr(sampling, "AE_STEPS", 5)
+    data = _small_pool(face_paths, tmp_path / "data")
     opts = TrainOptions(
         data=str(data), out=str(tmp_path / "run"), preset="tiny", device="cpu", workers=0, epochs=1,
         batch_size=8, val_frac=0.3, test_frac=0.2, parity="on", balance="sources", pseudo_fakes="sbi+swap+ae",
@@ -194,7 +217,8 @@ def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths
 
 
 def test_unknown_training_choices_fail_before_anything_is_written(tmp_path):
-    for bad in ({"parity": "x"}, {"balance": "x"}, {"pseudo_fakes": "x"}, {"target_fpr": 1.5}):
+    for bad in ({"parity": "x"}, {"balance": "x"}, {"pseudo_fakes": "x"}, {"target_fpr": 1.5},
+                {"fpr_per_source": True}, {"weight_average": "x"}):
         opts = TrainOptions(data=str(tmp_path), out=str(tmp_path / "run"), **bad)
         with pytest.raises(MfclipError):
             run_training(opts)

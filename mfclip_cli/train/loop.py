@@ -222,6 +222,9 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         set_train_mode(core, opts)
         if opts.target_fpr is None:
             thr, thr_info = choose_threshold(val_scores, val_labels, "eer")
+        elif opts.fpr_per_source:
+            thr, thr_info = choose_threshold(val_scores, val_labels, "target_fpr_per_source", opts.target_fpr,
+                                             sources=[e.record.source for e in data.val])
         else:
             thr, thr_info = choose_threshold(val_scores, val_labels, "target_fpr", opts.target_fpr)
         m = binary_metrics(val_scores, val_labels, thr)

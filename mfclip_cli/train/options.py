@@ -47,6 +47,7 @@ class TrainOptions:
     parity: str = "off"  # resize -> JPEG history re-drawn per image before cropping: off | on (transforms)
     balance: str = "none"  # training sampler: none (shuffle) | sources (classes halved, sources tempered)
     target_fpr: float | None = None  # threshold: this false-positive rate on validation reals (None: EER)
+    fpr_per_source: bool = False  # with target_fpr: the rate holds for every real source, not only pooled
     # none, or "+"-joined kinds of pseudo-fakes made from a quarter of the training reals each: sbi (self-blended),
     # swap (another real's inner face pasted in), ae (reconstructed by an autoencoder trained on the reals)
     pseudo_fakes: str = "none"
