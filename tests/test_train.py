@@ -310,7 +310,7 @@ def test_swa_averages_every_step_from_the_second_epoch_and_saves_the_average(tmp
     assert meta.training.weight_average == "swa"
     last, _ = load_checkpoint(run / "last.safetensors")
     best_sd, last_sd = model.state_dict(), last.state_dict()
-    trained = [k for k in best_sd if k.startswith("image_proj") or k.startswith("noise")]
+    trained = [k for k in best_sd if k.startswith(("image_proj", "noise"))]
     assert trained and any(not torch.equal(best_sd[k], last_sd[k]) for k in trained)  # the average, not the last
     if meta.training.best_epoch == 2:  # the best epoch's average is the final one
         for k in trained:
@@ -320,7 +320,7 @@ def test_swa_averages_every_step_from_the_second_epoch_and_saves_the_average(tmp
 
 
 def test_an_interrupted_swa_run_resumes_to_the_same_average(tmp_path, train_cache, train_small_set):
-    [whole] = run_training(_swa_opts(train_small_set, tmp_path / "whole"))
+    run_training(_swa_opts(train_small_set, tmp_path / "whole"))
 
     class Crash(Exception):
         pass
