@@ -296,14 +296,14 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
     """Export the image encoder (and text encoder) to ONNX, checked against torch before it is kept."""
-    from .export import export_model
+    from .export import ExportOptions, run_export
 
     try:
-        res = export_model(checkpoint, str(out), opset=opset, fp16=fp16, int8=int8,
-                           text=False if no_text else None, overwrite=overwrite)
+        res = run_export(ExportOptions(checkpoint, str(out), opset=opset, fp16=fp16, int8=int8,
+                                       text=False if no_text else None, overwrite=overwrite))
     except MfclipError as exc:
         _fail(exc)
-    Console().print_json(json.dumps(res.to_dict()))
+    Console().print_json(json.dumps(res.to_json()))
 
 
 @app.command()

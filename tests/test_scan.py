@@ -699,7 +699,7 @@ def test_exported_model_folder_cannot_point_outside_itself(tmp_path, patch, need
 def test_checkpoint_metadata_is_validated(tmp_path, patch, raw, needle):
     """#15.6: one validator for torch, ONNX, eval and export: bad metadata is exit 2 with a message."""
     from mfclip_cli.errors import CheckpointError
-    from mfclip_cli.export import export_model
+    from mfclip_cli.export import ExportOptions, run_export
 
     if raw is not None and "format_version" not in raw:
         ckpt = make_checkpoint(tmp_path, "bad.safetensors", raw_meta=raw)
@@ -707,7 +707,7 @@ def test_checkpoint_metadata_is_validated(tmp_path, patch, raw, needle):
         ckpt = make_checkpoint(tmp_path, "bad.safetensors", meta_patch=patch)
     assert_clean_error(run_cli(EXAMPLES / "cat.jpg", "--weights", ckpt), needle, str(ckpt))
     with pytest.raises(CheckpointError, match=re.escape(needle)):
-        export_model(str(ckpt), str(tmp_path / "export"))
+        run_export(ExportOptions(str(ckpt), str(tmp_path / "export")))
     assert not (tmp_path / "export").exists()
 
 
