@@ -176,11 +176,11 @@ def train(
         from .train_view import TrainView
 
         with TrainView(quiet=quiet, console=Console(), err_console=err_console) as view:
-            results = run_training(opts, resume=resume is not None, callback=view.callback)
+            result = run_training(opts, on_event=view.callback, resume=resume is not None)
     except MfclipError as exc:
         _fail(exc)
     if not quiet:
-        for r in results:
+        for r in result.runs:
             Console().print(f"best checkpoint: {r.best_checkpoint} (epoch {r.best_epoch}, threshold {r.threshold:.3f})")
 
 

@@ -60,7 +60,7 @@ def env(tmp_path_factory):
         fresh_root = make_dataset(base / "fresh_data", seed=2, n=6)
         [result] = run_training(TrainOptions(
             data=str(train_root), out=str(base / "run"), preset="tiny", crop="none", epochs=2, max_steps=3,
-            batch_size=8, workers=0, protocol="in-domain"))
+            batch_size=8, workers=0, protocol="in-domain")).runs
         yield {"base": base, "ckpt": result.best_checkpoint, "train": train_root, "fresh": fresh_root}
     torch.set_num_threads(threads)
 
