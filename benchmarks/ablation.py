@@ -147,9 +147,10 @@ def plot_distributions(name: str, suite, path: Path) -> None:
 
 
 def score_variant(name: str, run: Path, args: argparse.Namespace) -> dict:
-    from mfclip_cli.evaluate import run_suite
+    from mfclip_cli.evaluate import SuiteOptions, run_suite
 
-    suite = run_suite(run / "best.safetensors", args.suite, bootstrap=200, seed=args.seed, workers=args.workers)
+    suite = run_suite(SuiteOptions(str(run / "best.safetensors"), args.suite, bootstrap=200, seed=args.seed,
+                                   workers=args.workers))
     tests = json.loads((run / "test_metrics.json").read_text())
     in_pool = next((r for rep in tests.values() for r in rep["rows"] if r["name"] == "all"), {})
     plots = Path(args.json).parent / "ablation"

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
     import onnxruntime
     import torch
 
-    from mfclip_cli.export import export_model, synthetic_face_crops
+    from mfclip_cli.export import ExportOptions, run_export, synthetic_face_crops
     from mfclip_cli.model import load_checkpoint, prepare_batch
     from mfclip_cli.runtime.onnx_backend import OnnxBackend
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
         checkpoint, origin = resolve_checkpoint(args.checkpoint, tmp)
         out = Path(args.out) if args.out else tmp / "onnx"
         start = time.perf_counter()
-        result = export_model(str(checkpoint), str(out), int8=True, overwrite=bool(args.out))
+        result = run_export(ExportOptions(str(checkpoint), str(out), int8=True, overwrite=bool(args.out)))
         export_s = time.perf_counter() - start
 
         model, _ = load_checkpoint(checkpoint)

@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -218,9 +219,9 @@ def measure_end_to_end(paths: list[Path], weights: Path, backend) -> dict:
     after a 2-image warm-up scan."""
     from mfclip_cli.scan import ScanOptions, resolved_workers, run_scan
 
-    opts = ScanOptions()
-    run_scan([str(p) for p in paths[:2]], str(weights), opts, backend=backend)
-    sec, result = timed(lambda: run_scan([str(p) for p in paths], str(weights), opts, backend=backend))
+    opts = ScanOptions(paths=tuple(str(p) for p in paths), weights=str(weights))
+    run_scan(replace(opts, paths=opts.paths[:2]), backend=backend)
+    sec, result = timed(lambda: run_scan(opts, backend=backend))
     s = result.summary()
     return {"seconds": round(sec, 3), "images_per_s": round(len(paths) / sec, 2), "summary": s,
             "options": {"workers": resolved_workers(opts), "batch_size": opts.batch_size}}  # fmt: skip
@@ -238,14 +239,15 @@ def measure_provenance(paths: list[Path], weights: Path, backend) -> dict:
 
     files = [str(p) for p in paths]
     kinds = ["video" if p.suffix.lower() == ".mp4" else "image" for p in paths]
-    on, off = ScanOptions(provenance=True), ScanOptions(provenance=False)
-    run_scan(files[:2], str(weights), on, backend=backend)  # warm-up: detector, classifier, c2pa library
+    on = ScanOptions(paths=tuple(files), weights=str(weights), provenance=True)
+    off = replace(on, provenance=False)
+    run_scan(replace(on, paths=on.paths[:2]), backend=backend)  # warm-up: detector, classifier, c2pa library
     best = {"on": math.inf, "off": math.inf, "read_alone": math.inf}
     statuses: dict[str, int] = {}
     for k in range(REPEAT):
         order = (("off", off), ("on", on)) if k % 2 == 0 else (("on", on), ("off", off))  # no side always 2nd
         for name, opts in order:
-            sec, _ = timed(lambda opts=opts: run_scan(files, str(weights), opts, backend=backend))
+            sec, _ = timed(lambda opts=opts: run_scan(opts, backend=backend))
             best[name] = min(best[name], sec)
         sec, read = timed(lambda: [read_provenance(f, k) for f, k in zip(files, kinds)])
         best["read_alone"] = min(best["read_alone"], sec)
@@ -269,7 +271,7 @@ def run_provenance(args: argparse.Namespace) -> None:
     paths = examples + sampled
     with tempfile.TemporaryDirectory(prefix="mfclip-bench-prov-") as tmp:
         weights, source = resolve_checkpoint(args.weights, args.preset, Path(tmp))
-        scan_be = scan_backend(str(weights), ScanOptions(backend=args.backend, device=args.device))
+        scan_be = scan_backend(ScanOptions(weights=str(weights), backend=args.backend, device=args.device))
         r = measure_provenance(paths, weights, scan_be)
     report = {"checkpoint_source": source, "data": args.data, "seed": args.seed, "repeat": REPEAT,
               "cpus": len(os.sched_getaffinity(0)), "loadavg": [round(x, 2) for x in os.getloadavg()], **r}
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         weights, source = resolve_checkpoint(args.weights, args.preset, Path(tmp))
         # stages alone get the whole machine; run_scan gets its classifier as `mfclip scan` loads it
         backend = load_backend(args.backend, str(weights), device=args.device)
-        scan_be = scan_backend(str(weights), ScanOptions(backend=args.backend, device=args.device))
+        scan_be = scan_backend(ScanOptions(weights=str(weights), backend=args.backend, device=args.device))
         small = resized_copies(paths, Path(tmp) / "square", square=args.square)
         big = resized_copies(paths, Path(tmp) / "upscaled", short_side=args.upscale)
         sets = [run_set(f"{args.square}x{args.square}", small, weights, backend, scan_be, args.batch),

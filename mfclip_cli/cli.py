@@ -177,11 +177,11 @@ def train(
         from .train_view import TrainView
 
         with TrainView(quiet=quiet, console=Console(), err_console=err_console) as view:
-            results = run_training(opts, resume=resume is not None, callback=view.callback)
+            result = run_training(opts, on_event=view.callback, resume=resume is not None)
     except MfclipError as exc:
         _fail(exc)
     if not quiet:
-        for r in results:
+        for r in result.runs:
             Console().print(f"best checkpoint: {r.best_checkpoint} (epoch {r.best_epoch}, threshold {r.threshold:.3f})")
 
 
@@ -212,7 +212,7 @@ def eval_cmd(
 ) -> None:
     """AUC, AP, EER and ACC per generator, kind and family (+ robustness, calibration, plots)."""
     from .evaluate import EvalOptions, run_eval
-    from .report.eval import render_eval
+    from .report.eval import render_eval, write_eval_files
     from .report.progress import progress_bar
 
     if (data is None) == (suite is None):
@@ -237,14 +237,14 @@ def eval_cmd(
             checkpoint=checkpoint, data=data, layout=layout, split=split, protocol=protocol,
             test_generators=tuple(x.strip() for x in test_generators.split(",")) if test_generators else None,
             seed=seed, test_frac=test_frac, robustness=robustness, standardize=standardize, calibrate=calibrate,
-            target_fpr=target_fpr, calibrated_out=calibrated_out, bootstrap=bootstrap,
-            json_out=str(json_out) if json_out else None, plots=str(plots) if plots else None, strict=strict,
+            target_fpr=target_fpr, calibrated_out=calibrated_out, bootstrap=bootstrap, strict=strict,
             batch_size=batch_size, workers=workers, device=device)
         progress = progress_bar(err_console, enabled=not quiet and err_console.is_terminal)
         task = progress.add_task("eval", total=None)
         with progress:
-            result = run_eval(opts, on_event=lambda ev: progress.update(task, description=ev.what,
-                                                                         completed=ev.done, total=ev.total))
+            result = run_eval(opts, on_event=lambda _, p: progress.update(task, description=p["what"],
+                                                                           completed=p["done"], total=p["total"]))
+        result = write_eval_files(result, json_out=json_out, plots=plots)
     except MfclipError as exc:
         _fail(exc)
     if not quiet:
@@ -254,27 +254,26 @@ def eval_cmd(
 def _eval_suite(checkpoint: str, suite: str, *, bootstrap: int, seed: int, batch_size: int, workers: int,
                 device: str, robustness: bool, json_out: Path | None, plots: Path | None, quiet: bool) -> None:
     """`eval --suite`: run the suite, write JSON and plots, render; exit 2 when no set could be scored."""
-    from .evaluate import SuiteEvent, run_suite, write_suite_plots
-    from .fsutil import atomic_write_json
-    from .report.eval import render_suite
+    from .evaluate import SuiteOptions, run_suite
+    from .report.eval import render_suite, write_suite_files
     from .report.progress import progress_bar
 
     progress = progress_bar(err_console, enabled=not quiet and err_console.is_terminal)
     task = progress.add_task("suite", total=None)
 
-    def on_event(ev: SuiteEvent) -> None:
-        if ev.stage in ("set", "set_done"):
-            progress.update(task, description=ev.set_name, completed=0, total=None)
+    def on_event(event: str, p: dict) -> None:
+        if event in ("set", "set_done"):
+            progress.update(task, description=p["set"], completed=0, total=None)
         else:
-            progress.update(task, description=f"{ev.set_name} · {ev.stage}", completed=ev.done, total=ev.total)
+            stage = event if p.get("perturbation") is None else f"{event}:{p['perturbation']}"
+            progress.update(task, description=f"{p['set']} · {stage}", completed=p["done"], total=p["total"])
 
     try:
         with progress:
-            result = run_suite(checkpoint, suite, bootstrap=bootstrap, seed=seed, batch_size=batch_size,
-                               device=device, workers=workers, robustness=robustness, on_event=on_event)
-        written, plot_warnings = write_suite_plots(result, plots) if plots else ([], [])
-        if json_out is not None:
-            atomic_write_json(json_out, {**result.to_dict(), "plots": written})
+            result = run_suite(SuiteOptions(checkpoint, suite, bootstrap=bootstrap, seed=seed, batch_size=batch_size,
+                                            device=device, workers=workers, robustness=robustness),
+                               on_event=on_event)
+        written, plot_warnings = write_suite_files(result, json_out=json_out, plots=plots)
     except MfclipError as exc:
         _fail(exc)
     if not quiet:
@@ -297,14 +296,14 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
     """Export the image encoder (and text encoder) to ONNX, checked against torch before it is kept."""
-    from .export import export_model
+    from .export import ExportOptions, run_export
 
     try:
-        res = export_model(checkpoint, str(out), opset=opset, fp16=fp16, int8=int8,
-                           text=False if no_text else None, overwrite=overwrite)
+        res = run_export(ExportOptions(checkpoint, str(out), opset=opset, fp16=fp16, int8=int8,
+                                       text=False if no_text else None, overwrite=overwrite))
     except MfclipError as exc:
         _fail(exc)
-    Console().print_json(json.dumps(res.to_dict()))
+    Console().print_json(json.dumps(res.to_json()))
 
 
 @app.command()

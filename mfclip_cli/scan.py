@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from .cpus import usable_cpus
 from .decision import decide, resolve_inference
 from .errors import MediaError, MfclipError
+from .events import EventHook, no_event
 from .faces import crop_faces, image_from_crop_transform, make_detector
 from .faces.types import CropPolicy, Face
 from .media import InputItem, collect_inputs, decode_image, iter_video_frames, shard
@@ -33,9 +34,7 @@ from .report import (
     FaceResult,
     ItemResult,
     ModelInfo,
-    ReportTarget,
     ScanResult,
-    check_targets_against_inputs,
     utc_now,
 )
 from .runtime import Backend, load_backend
@@ -49,8 +48,19 @@ CPU_TASK_FACES = 8  # most faces per classify task on CPU (see _classify_in_orde
 
 @dataclass(frozen=True)
 class ScanOptions:
-    """Everything that changes what a scan computes (echoed into the report's settings)."""
+    """What a scan is asked: its inputs and model, and everything that changes what it computes.
 
+    ``paths`` (files, folders, glob patterns) and ``from_file`` (a list of paths, '-': stdin) name the inputs;
+    files found in folders or by patterns that are one of ``exclude`` and not media are skipped (the CLI passes
+    its report paths: a previous run's report is not an input). ``weights`` is a checkpoint or an exported
+    folder (``backend`` onnx). These four are the request; the other fields are echoed into the report's
+    settings (with ``inputs``: the paths).
+    """
+
+    paths: tuple[str, ...] = ()
+    weights: str | None = None
+    from_file: str | None = None
+    exclude: tuple[str, ...] = ()
     backend: str = "auto"
     device: str = "auto"
     batch_size: int = 32
@@ -70,6 +80,8 @@ class ScanOptions:
     explain: bool = False  # heat map + noise patch per face (videos: faces of the frames aggregated)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
+        object.__setattr__(self, "exclude", tuple(str(p) for p in self.exclude))
         if self.no_face not in NO_FACE_POLICIES:
             raise MfclipError(f"unknown --no-face policy {self.no_face!r}; valid: {', '.join(NO_FACE_POLICIES)}")
         if self.batch_size < 1 or (self.workers is not None and self.workers < 1):
@@ -92,17 +104,27 @@ class ScanOptions:
         if self.max_pixels < 1:
             raise MfclipError(f"--max-pixels must be at least 1, got {self.max_pixels}")
 
+    def settings(self) -> dict:
+        """The options as the report's settings record them (without the request: inputs come as ``inputs``)."""
+        request = ("paths", "weights", "from_file", "exclude")
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in fields(self) if f.name not in request}
+
 
 def resolved_workers(opts: ScanOptions) -> int:
     return opts.workers if opts.workers is not None else usable_cpus()
 
 
-def scan_backend(weights: str, opts: ScanOptions) -> Backend:
-    """The classifier as run_scan loads it: on CPU single-threaded, since the pool runs batches side by side."""
+def scan_backend(opts: ScanOptions) -> Backend:
+    """The classifier of ``opts.weights`` as run_scan loads it: on CPU single-threaded, since the pool runs
+    batches side by side."""
     from .runtime import resolve_device
 
+    if opts.weights is None:
+        raise MfclipError("no model to scan with: set ScanOptions.weights (a checkpoint, or an exported folder "
+                          "with backend onnx)")
     on_cpu = resolve_device(opts.device) == "cpu"
-    return load_backend(opts.backend, weights, device=opts.device, threads=1 if on_cpu else None)
+    return load_backend(opts.backend, opts.weights, device=opts.device, threads=1 if on_cpu else None)
 
 
 @dataclass
@@ -254,32 +276,25 @@ def _finish(p: _Prepared, scores: np.ndarray, threshold: float, opts: ScanOption
                       provenance=p.provenance)
 
 
-def run_scan(
-    paths: list[str],
-    weights: str,
-    opts: ScanOptions,
-    *,
-    from_file: str | None = None,
-    on_item: Callable[[ItemResult], None] | None = None,
-    on_total: Callable[[int], None] | None = None,
-    stop: threading.Event | None = None,
-    backend: Backend | None = None,
-    report_targets: Sequence[ReportTarget] = (),
-    write_explanations: Callable[[int, ItemResult], ItemResult] | None = None,
-) -> ScanResult:
-    """Scan ``paths``; ``on_item`` sees each result as it finishes (in input order).
+def run_scan(opts: ScanOptions, *, on_event: EventHook = no_event, stop: threading.Event | None = None,
+             backend: Backend | None = None) -> ScanResult:
+    """Scan ``opts.paths`` (and ``opts.from_file``) with ``opts.weights`` (or ``backend``, already loaded).
 
-    With ``opts.explain`` each explained face carries a FaceExplanation holding its crop and heat map;
-    ``write_explanations(index, item)`` (the report layer's picture writer) gets every finished item
-    before ``on_item`` and returns it with the pictures' paths in place of the arrays.
+    Events, in this order:
+
+    - "inputs" ``{"paths": [...]}``: every input found (after ``--shard``), before any is read. A listener
+      may refuse them by raising MfclipError (the CLI does when a report target is one of them).
+    - "total" ``{"total": n}``: the scan starts (the moment a caller may open its report streams).
+    - "item" ``{"index": i, "item": ItemResult}``: each result as it finishes, in input order. With
+      ``opts.explain`` its explained faces carry their crop and heat map (``ExplanationPictures``) for a
+      listener to write; the result keeps the item without those arrays, so a long scan does not hold them.
 
     Ctrl-C (KeyboardInterrupt) or ``stop`` ends the scan early with ``interrupted=True`` and every item
-    finished so far. Usage errors (bad weights, bad options, a report target that is one of the inputs)
-    raise MfclipError before any file is read and before ``on_total``, which marks the start of the scan
-    (the moment a caller may open its report streams).
+    finished so far. Usage errors (bad weights, bad options) raise MfclipError before any file is read and
+    before "total".
     """
     started = utc_now()
-    backend = backend or scan_backend(weights, opts)
+    backend = backend or scan_backend(opts)
     info = backend.info
     chosen = resolve_inference(info.threshold, info.crop, cli_threshold=opts.threshold, min_face=opts.min_face,
                                detector=opts.detector)
@@ -289,23 +304,24 @@ def run_scan(
         from .explain import make_explainer
 
         explainer = make_explainer(backend)
-    items, input_errors = collect_inputs(paths, from_file=from_file,
-                                         exclude=[t.path for t in report_targets if not t.to_stdout])
+    items, input_errors = collect_inputs(opts.paths, from_file=opts.from_file, exclude=opts.exclude)
     if opts.shard is not None:
         k, n = opts.shard
         items = shard(items, k, n)
         # Inputs that failed to resolve belong to one shard too, else N machines would each report them.
         input_errors = [e for i, e in enumerate(sorted(input_errors, key=lambda e: e.path)) if i % n == k - 1]
-    check_targets_against_inputs(report_targets, [i.path for i in items] + [e.path for e in input_errors])
+    on_event("inputs", {"paths": [i.path for i in items] + [e.path for e in input_errors]})
     total = len(items) + len(input_errors)
-    if on_total:
-        on_total(total)
+    on_event("total", {"total": total})
     results: list[ItemResult] = []
+
+    def finished(item: ItemResult) -> None:
+        index = len(results)
+        results.append(item.without_pictures() if opts.explain else item)
+        on_event("item", {"index": index, "item": item})
+
     for err in input_errors:
-        r = ItemResult.failed(err.path, "image", err.code, err.message)
-        results.append(r)
-        if on_item:
-            on_item(r)
+        finished(ItemResult.failed(err.path, "image", err.code, err.message))
 
     preparer = _Preparer(opts, policy, info.preprocess)
     interrupted = False
@@ -314,11 +330,7 @@ def run_scan(
     try:
         for result in _classify_in_order(items, preparer, pool, workers, backend, threshold, opts, stop,
                                          explainer):
-            if write_explanations is not None:
-                result = write_explanations(len(results), result)
-            results.append(result)
-            if on_item:
-                on_item(result)
+            finished(result)
     except (KeyboardInterrupt, _Stopped):
         interrupted = True
     finally:
@@ -326,9 +338,9 @@ def run_scan(
     # a stop that came after the last item leaves a complete scan
     interrupted = interrupted or len(results) < total
 
-    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()}
+    settings = opts.settings()
     settings.update(workers=workers, threshold=threshold, crop=policy.to_dict(), preprocess=info.preprocess.to_dict(),
-                    backend_device=info.device, inputs=[str(p) for p in paths])
+                    backend_device=info.device, inputs=list(opts.paths))
     return ScanResult(
         model=ModelInfo(path=info.path, sha256=info.sha256, threshold=threshold),
         settings=settings, started_at=started, finished_at=utc_now(), items=results,

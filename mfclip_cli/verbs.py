@@ -1,9 +1,11 @@
 """The shell of the CLI verbs: the error line and exit code, and `mfclip scan`'s signals, streamed reports and
-exit code around :func:`~mfclip_cli.scan.run_scan` (cli.py parses the options and calls these)."""
+exit code around :func:`~mfclip_cli.scan.run_scan` (cli.py parses the options and calls these). The scan reports
+its inputs, start and each finished item as events; everything written to disk is written here, from them."""
 
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 
 import typer
 from rich.console import Console
@@ -79,6 +81,7 @@ def scan_verb(signals: ScanSignals, *, paths, json_out, csv_out, jsonl_out, html
         ExplanationWriter,
         JsonlWriter,
         WriteFailure,
+        check_targets_against_inputs,
         exit_code_for,
         plan_report_targets,
         render_table,
@@ -102,6 +105,7 @@ def scan_verb(signals: ScanSignals, *, paths, json_out, csv_out, jsonl_out, html
         if html_thumbs < 0:
             raise MfclipError(f"--html-thumbs must be >= 0 (0: no pictures), got {html_thumbs}")
         opts = ScanOptions(
+            paths=tuple(paths or ()), from_file=from_file,
             backend=backend, device=device, batch_size=batch_size, workers=workers, threshold=threshold,
             uncertain_band=uncertain_band, max_faces=max_faces, min_face=min_face, no_face=no_face,
             detector=detector, fps=fps, frames=frames, video_top_frac=video_top, max_pixels=max_pixels,
@@ -110,6 +114,8 @@ def scan_verb(signals: ScanSignals, *, paths, json_out, csv_out, jsonl_out, html
         ckpt = default_weights(backend, model_dir if backend == "onnx" else weights)
         targets = plan_report_targets(json_out, csv_out, jsonl_out, path_list=from_file, html_out=html_out,
                                       explain_dir=explain_dir)
+        # the reports are never inputs: a previous run's report found in a scanned folder is skipped
+        opts = replace(opts, weights=ckpt, exclude=tuple(t.path for t in targets if not t.to_stdout))
     except MfclipError as exc:
         fail(exc)
     quiet_video_decoders()
@@ -142,7 +148,9 @@ def scan_verb(signals: ScanSignals, *, paths, json_out, csv_out, jsonl_out, html
             except OSError as exc:
                 stream_failed(exc)
 
-    def on_item(item) -> None:
+    def on_item(index: int, item) -> None:
+        if pictures is not None:
+            item = pictures(index, item)  # the pictures' paths go into every report, the stream's too
         if jsonl is not None:
             try:
                 jsonl.write(item)
@@ -153,16 +161,25 @@ def scan_verb(signals: ScanSignals, *, paths, json_out, csv_out, jsonl_out, html
                               markup=False, highlight=False, soft_wrap=True)
         progress.advance(task)
 
+    def on_event(event: str, p: dict) -> None:
+        if event == "inputs":  # before any report is opened: a report never overwrites an input
+            check_targets_against_inputs(targets, p["paths"])
+        elif event == "total":
+            on_total(p["total"])
+        elif event == "item":
+            on_item(p["index"], p["item"])
+
     try:
         with progress:
-            result = run_scan(paths or [], ckpt, opts, from_file=from_file, on_item=on_item, on_total=on_total,
-                              stop=signals.stop, report_targets=targets, write_explanations=pictures)
+            result = run_scan(opts, on_event=on_event, stop=signals.stop)
     except MfclipError as exc:
         fail(exc)
     finally:
         if jsonl is not None:
             jsonl.close()
 
+    if pictures is not None:
+        result = pictures.fill(result)
     if pictures is not None and pictures.failure is not None:
         failures.append(WriteFailure(next(t for t in targets if t.is_folder), pictures.failure))
     failures += write_reports(result, targets, html_thumbs=html_thumbs)

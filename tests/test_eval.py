@@ -14,7 +14,7 @@ import pytest
 from mfclip_cli.data.transforms import PERTURBATIONS
 from mfclip_cli.errors import MfclipError
 from mfclip_cli.evaluate import SCHEMA_ID, EvalOptions, run_eval
-from mfclip_cli.report.eval import render_eval
+from mfclip_cli.report.eval import render_eval, write_eval_files
 
 GENERATORS = ("ddpm", "stylegan2")
 
@@ -60,7 +60,7 @@ def env(tmp_path_factory):
         fresh_root = make_dataset(base / "fresh_data", seed=2, n=6)
         [result] = run_training(TrainOptions(
             data=str(train_root), out=str(base / "run"), preset="tiny", crop="none", epochs=2, max_steps=3,
-            batch_size=8, workers=0, protocol="in-domain"))
+            batch_size=8, workers=0, protocol="in-domain")).runs
         yield {"base": base, "ckpt": result.best_checkpoint, "train": train_root, "fresh": fresh_root}
     torch.set_num_threads(threads)
 
@@ -71,8 +71,8 @@ def _opts(env, data: Path, **kw) -> EvalOptions:
 
 def test_eval_reports_per_generator_rows_robustness_plots_and_json(env, tmp_path):
     out = tmp_path / "eval.json"
-    result = run_eval(_opts(env, env["fresh"], robustness=True, bootstrap=20, json_out=str(out),
-                            plots=str(tmp_path / "plots"), strict=True))
+    result = write_eval_files(run_eval(_opts(env, env["fresh"], robustness=True, bootstrap=20, strict=True)),
+                              json_out=str(out), plots=str(tmp_path / "plots"))
     [rep] = result.sets
     names = [r.name for r in rep.rows]
     assert names[0] == "all" and set(GENERATORS) <= set(names)
@@ -205,9 +205,9 @@ def test_corrupt_image_is_skipped_and_counted(env, tmp_path):
     shutil.copytree(env["fresh"], root)
     (root / "fake" / "entire_synthesis" / "ddpm" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     events = []
-    result = run_eval(_opts(env, root), on_event=events.append)
+    result = run_eval(_opts(env, root), on_event=lambda event, payload: events.append(payload))
     assert result.skipped == {"all": 1}
-    assert any(e.what == "face crops" and e.done == e.total == 25 for e in events)
+    assert any(e["what"] == "face crops" and e["done"] == e["total"] == 25 for e in events)
     assert result.sets[0].n_skipped == 1
     assert result.skipped_files[0]["path"].endswith("broken.png")
     assert result.sets[0].row("all").metrics.n == 24
@@ -302,16 +302,16 @@ def test_cli_eval_suite_scores_each_set_and_summarises_the_scorable_ones(env, su
 
 
 def test_suite_real_acc_is_per_real_source_at_the_threshold(env, suite_dir, monkeypatch):
-    from mfclip_cli.evaluate import run_suite, run_suite_model
+    from mfclip_cli.evaluate import SuiteOptions, run_suite, run_suite_model
     from mfclip_cli.model.checkpoint import load_checkpoint
 
     monkeypatch.setenv("MFCLIP_CACHE", str(env["base"] / "cache"))
     model, meta = load_checkpoint(env["ckpt"])
     policy = meta.input_spec().crop
-    kw = {"workers": 0, "batch_size": 16}
+    opts = SuiteOptions(env["ckpt"], str(suite_dir), workers=0, batch_size=16)
     # threshold 0 flags every image fake, one above 1 none: real-ACC 0 and 1 for every source
-    flag_all = run_suite_model(model, 0.0, policy, suite_dir, **kw)
-    flag_none = run_suite_model(model, 1.01, policy, suite_dir, **kw)
+    flag_all = run_suite_model(model, 0.0, policy, opts)
+    flag_none = run_suite_model(model, 1.01, policy, opts)
     assert {s.real_acc for r in flag_all.sets for s in r.real_sources} == {0.0}
     assert {s.real_acc for r in flag_none.sets for s in r.real_sources} == {1.0}
     assert flag_all.summary.worst_real_acc == 0.0 and flag_all.summary.worst_real_set == "a_normal"
@@ -320,24 +320,24 @@ def test_suite_real_acc_is_per_real_source_at_the_threshold(env, suite_dir, monk
 
     # the checkpoint path and the loaded model give the same numbers; events report every set
     events = []
-    by_path = run_suite(env["ckpt"], suite_dir, on_event=events.append, **kw)
-    by_model = run_suite_model(model, meta.decision_threshold().value, policy, suite_dir, **kw)
+    by_path = run_suite(opts, on_event=lambda event, payload: events.append((event, payload)))
+    by_model = run_suite_model(model, meta.decision_threshold().value, policy, opts)
     assert by_path.summary == by_model.summary
     assert by_path.set_result("a_normal").rows == by_model.set_result("a_normal").rows
-    assert [e.set_name for e in events if e.stage == "set"] == ["a_normal", "b_broken", "c_empty", "d_reals_only"]
-    assert any(e.stage == "score" and e.done == e.total == 19 for e in events)
-    assert by_path.to_dict()["checkpoint"]["sha256"] == meta.sha256
+    assert [p["set"] for e, p in events if e == "set"] == ["a_normal", "b_broken", "c_empty", "d_reals_only"]
+    assert any(e == "score" and p["done"] == p["total"] == 19 for e, p in events)
+    assert by_path.to_json()["checkpoint"]["sha256"] == meta.sha256
 
 
 def test_suite_with_no_scorable_set_or_no_set_is_an_error(env, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from mfclip_cli.cli import app
-    from mfclip_cli.evaluate import run_suite
+    from mfclip_cli.evaluate import SuiteOptions, run_suite
 
     monkeypatch.setenv("MFCLIP_CACHE", str(env["base"] / "cache"))
     with pytest.raises(MfclipError, match="no sub-folders"):
-        run_suite(env["ckpt"], tmp_path, workers=0)
+        run_suite(SuiteOptions(env["ckpt"], str(tmp_path), workers=0))
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(app, ["eval", env["ckpt"], "--suite", str(tmp_path), "--workers", "0",
                                    "--device", "cpu"], terminal_width=200)

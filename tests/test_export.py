@@ -15,7 +15,7 @@ import torch
 from conftest import require_shipped
 
 from mfclip_cli.errors import MfclipError
-from mfclip_cli.export import SYNTHETIC_CROPS, ExportResult, export_model, synthetic_face_crops
+from mfclip_cli.export import SYNTHETIC_CROPS, ExportOptions, ExportResult, run_export, synthetic_face_crops
 from mfclip_cli.faces.types import CropPolicy
 from mfclip_cli.fsutil import sha256_file
 from mfclip_cli.model import (
@@ -45,7 +45,8 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(checkpoint, tmp_path_factory) -> ExportResult:
-    return export_model(str(checkpoint), str(tmp_path_factory.mktemp("export") / "onnx"), int8=True)
+    return run_export(ExportOptions(str(checkpoint), str(tmp_path_factory.mktemp("export") / "onnx"),
+                                    int8=True))
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def test_a_graph_that_does_not_reproduce_torch_is_rejected_by_the_parity_gate(ch
     monkeypatch.setattr(E, "static_same_padding", perturbed)
     out = tmp_path / "out"
     with pytest.raises(MfclipError, match=r"does not reproduce torch within 0\.0001 .*image_encoder batch 1: p_fake"):
-        export_model(str(checkpoint), str(out), text=False, parity_batches=(1, 3))
+        run_export(ExportOptions(str(checkpoint), str(out), text=False, parity_batches=(1, 3)))
     assert not out.exists()
 
 
@@ -207,8 +208,9 @@ def test_int8_graph_is_written_and_its_score_difference_reported(exported, torch
 def test_int8_with_labelled_crops_reports_auc_change(checkpoint, tmp_path, face_paths, read_crop):
     real = [read_crop(p) for p in face_paths["real/unsplash_hardfakevsreal"][:4]]
     fake = [read_crop(p) for p in face_paths["fake/entire_synthesis/stylegan2_tpdne"][:4]]
-    result = export_model(str(checkpoint), str(tmp_path / "out"), int8=True, text=False, parity_batches=(3,),
-                          calib_images=real + fake, calib_labels=[0] * 4 + [1] * 4)
+    result = run_export(ExportOptions(str(checkpoint), str(tmp_path / "out"), int8=True, text=False,
+                                      parity_batches=(3,), calib_images=real + fake,
+                                      calib_labels=[0] * 4 + [1] * 4))
     assert result.parity_inputs == "calibration" and result.text_encoder is None
     int8 = result.variant("int8")
     assert int8.images == 8 and int8.auc_torch is not None and int8.auc_onnx is not None
@@ -225,7 +227,7 @@ def test_fp16_without_cuda_or_converter_is_a_clear_error(checkpoint, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: fp16 export is possible")
     with pytest.raises(MfclipError, match="fp16 export needs a CUDA device / onnxconverter-common"):
-        export_model(str(checkpoint), str(tmp_path / "out"), fp16=True)
+        run_export(ExportOptions(str(checkpoint), str(tmp_path / "out"), fp16=True))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -234,7 +236,7 @@ def test_fp16_without_cuda_or_converter_is_a_clear_error(checkpoint, tmp_path):
 def test_failed_parity_leaves_no_output_folder(checkpoint, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(MfclipError, match="does not reproduce torch"):
-        export_model(str(checkpoint), str(out), text=False, parity_batches=(1,), tol=-1.0)
+        run_export(ExportOptions(str(checkpoint), str(out), text=False, parity_batches=(1,), tol=-1.0))
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -244,16 +246,16 @@ def test_non_empty_out_dir_is_refused_without_overwrite(checkpoint, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     with pytest.raises(MfclipError, match="not empty; pass --overwrite"):
-        export_model(str(checkpoint), str(out))
+        run_export(ExportOptions(str(checkpoint), str(out)))
     with pytest.raises(MfclipError, match="not an `mfclip export` folder"):
-        export_model(str(checkpoint), str(out), overwrite=True)
+        run_export(ExportOptions(str(checkpoint), str(out), overwrite=True))
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_overwrite_replaces_a_previous_export(exported, checkpoint, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(exported.out_dir, out)
-    result = export_model(str(checkpoint), str(out), text=False, parity_batches=(1,), overwrite=True)
+    result = run_export(ExportOptions(str(checkpoint), str(out), text=False, parity_batches=(1,), overwrite=True))
     assert sorted(p.name for p in out.iterdir()) == ["image_encoder.onnx", "manifest.json"]
     assert result.text_encoder is None and _manifest(result)["text_encoder"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -261,9 +263,10 @@ def test_overwrite_replaces_a_previous_export(exported, checkpoint, tmp_path):
 
 def test_bad_options_fail_before_any_work(checkpoint, tmp_path):
     with pytest.raises(MfclipError, match="opset 16"):
-        export_model(str(checkpoint), str(tmp_path / "a"), opset=16)
+        run_export(ExportOptions(str(checkpoint), str(tmp_path / "a"), opset=16))
     with pytest.raises(MfclipError, match="RGB uint8 face crops"):
-        export_model(str(checkpoint), str(tmp_path / "b"), calib_images=[np.zeros((100, 100, 3), np.uint8)])
+        run_export(ExportOptions(str(checkpoint), str(tmp_path / "b"),
+                                 calib_images=[np.zeros((100, 100, 3), np.uint8)]))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -271,7 +274,7 @@ def test_text_is_required_only_when_the_checkpoint_has_it(tmp_path):
     model = build_model(load_preset("tiny"), load_pretrained=False, seed=0)
     ckpt = save_checkpoint(tmp_path / "no_text.safetensors", model, meta=META, include_text=False)
     with pytest.raises(MfclipError, match="without its text tower"):
-        export_model(str(ckpt), str(tmp_path / "out"), text=True)
+        run_export(ExportOptions(str(ckpt), str(tmp_path / "out"), text=True))
 
 
 # --- the backend refuses broken folders ----------------------------------------------------------------

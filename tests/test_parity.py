@@ -204,7 +204,7 @@ def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths
         data=str(data), out=str(tmp_path / "run"), preset="tiny", device="cpu", workers=0, epochs=1,
         batch_size=8, val_frac=0.3, test_frac=0.2, parity="on", balance="sources", pseudo_fakes="sbi+swap+ae",
         target_fpr=0.25, augment="light", bootstrap=0)
-    [result] = run_training(opts)
+    [result] = run_training(opts).runs
     meta = read_checkpoint_meta(result.best_checkpoint)
     training = meta.training
     assert (training.parity, training.balance, training.pseudo_fakes) == ("on", "sources", "sbi+swap+ae")

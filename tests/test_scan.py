@@ -403,7 +403,8 @@ def test_scores_and_order_do_not_depend_on_workers_or_batch_size(scan_checkpoint
 
     runs = {}
     for workers, batch in ((1, 1), (3, 4), (2, 32), (None, 7)):
-        res = run_scan([str(folder)], str(scan_checkpoint), ScanOptions(workers=workers, batch_size=batch))
+        res = run_scan(ScanOptions(paths=[str(folder)], weights=str(scan_checkpoint), workers=workers,
+                                   batch_size=batch))
         assert [i.path for i in res.items] == expected
         assert res.settings["workers"] == (workers or usable_cpus())
         runs[(workers, batch)] = [(i.status, i.score) for i in res.items]
@@ -426,8 +427,8 @@ def test_cpu_classify_tasks_are_small_so_every_worker_shares_the_tail(scan_check
     folder = tmp_path / "many"
     for i in range(20):
         write_jpeg(scan_astronaut if i % 2 else scan_astronaut[:, ::-1], folder / f"{i:02d}.jpg")
-    opts = ScanOptions(workers=2, batch_size=32, device="cpu")
-    backend = scan_backend(str(scan_checkpoint), opts)
+    opts = ScanOptions(paths=[str(folder)], weights=str(scan_checkpoint), workers=2, batch_size=32, device="cpu")
+    backend = scan_backend(opts)
     assert backend.info.device == "cpu"
     calls: list[tuple[int, int]] = []
     predict = backend.predict
@@ -437,7 +438,7 @@ def test_cpu_classify_tasks_are_small_so_every_worker_shares_the_tail(scan_check
         return predict(image, noise)
 
     backend.predict = logged
-    res = run_scan([str(folder)], str(scan_checkpoint), opts, backend=backend)
+    res = run_scan(opts, backend=backend)
     faces = sum(len(i.faces) for i in res.items)
     assert [i.status for i in res.items] == ["ok"] * 20 and faces >= 20
     assert sum(n for n, _ in calls) == faces
@@ -699,7 +700,7 @@ def test_exported_model_folder_cannot_point_outside_itself(tmp_path, patch, need
 def test_checkpoint_metadata_is_validated(tmp_path, patch, raw, needle):
     """#15.6: one validator for torch, ONNX, eval and export: bad metadata is exit 2 with a message."""
     from mfclip_cli.errors import CheckpointError
-    from mfclip_cli.export import export_model
+    from mfclip_cli.export import ExportOptions, run_export
 
     if raw is not None and "format_version" not in raw:
         ckpt = make_checkpoint(tmp_path, "bad.safetensors", raw_meta=raw)
@@ -707,7 +708,7 @@ def test_checkpoint_metadata_is_validated(tmp_path, patch, raw, needle):
         ckpt = make_checkpoint(tmp_path, "bad.safetensors", meta_patch=patch)
     assert_clean_error(run_cli(EXAMPLES / "cat.jpg", "--weights", ckpt), needle, str(ckpt))
     with pytest.raises(CheckpointError, match=re.escape(needle)):
-        export_model(str(ckpt), str(tmp_path / "export"))
+        run_export(ExportOptions(str(ckpt), str(tmp_path / "export")))
     assert not (tmp_path / "export").exists()
 
 

@@ -30,9 +30,9 @@ def _face_scores(result) -> dict[tuple[str, int | None, int], float]:
 
 def test_scan_with_onnx_equals_scan_with_torch_on_the_same_files():
     ckpt = str(default_checkpoint())
-    torch_res = run_scan([str(EXAMPLES)], ckpt, ScanOptions(backend="torch", workers=1))
-    onnx_res = run_scan([str(EXAMPLES)], str(ONNX_DIR), ScanOptions(backend="onnx", workers=1))
-    auto_res = run_scan([str(EXAMPLES)], ckpt, ScanOptions(backend="auto", workers=1))
+    torch_res = run_scan(ScanOptions(paths=[str(EXAMPLES)], weights=ckpt, backend="torch", workers=1))
+    onnx_res = run_scan(ScanOptions(paths=[str(EXAMPLES)], weights=str(ONNX_DIR), backend="onnx", workers=1))
+    auto_res = run_scan(ScanOptions(paths=[str(EXAMPLES)], weights=ckpt, backend="auto", workers=1))
     a, b, c = _face_scores(torch_res), _face_scores(onnx_res), _face_scores(auto_res)
     assert a and a.keys() == b.keys() == c.keys()
     assert max(abs(a[k] - b[k]) for k in a) <= 1e-4

@@ -57,12 +57,12 @@ from mfclip_cli.cli import main
 kill_at = tuple(int(x) for x in sys.argv.pop(1).split(":"))
 run_training = train.run_training
 
-def run_training_then_crash(opts, *, callback, **kw):
-    def on_event(event, payload):
-        callback(event, payload)
+def run_training_then_crash(opts, *, on_event, **kw):
+    def crash_at(event, payload):
+        on_event(event, payload)
         if event == "step" and (payload["epoch"], payload["step"]) == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-    return run_training(opts, callback=on_event, **kw)
+    return run_training(opts, on_event=crash_at, **kw)
 
 train.run_training = run_training_then_crash
 sys.argv[0] = "mfclip"
@@ -101,7 +101,7 @@ def test_tiny_model_learns_a_checkerboard_upsampler_artefact(tmp_path, train_cac
     opts = TrainOptions(data=str(data), out=str(tmp_path / "run"), protocol="in-domain", epochs=4,
                         batch_size=16, lr=2e-3, val_frac=0.2, **TINY)
 
-    [result] = run_training(opts)
+    [result] = run_training(opts).runs
 
     run = Path(result.run_dir)
     meta = read_checkpoint_meta(result.best_checkpoint)
@@ -208,7 +208,7 @@ def test_corrupt_training_files_are_skipped_and_listed(tmp_path, train_cache, tr
     opts = TrainOptions(data=str(data), out=str(tmp_path / "run"), epochs=1, max_steps=1, batch_size=8,
                         val_frac=0.25, test_frac=0.25, **TINY)
 
-    [result] = run_training(opts)
+    [result] = run_training(opts).runs
 
     run = Path(result.run_dir)
     lines = (run / "skipped.csv").read_text().splitlines()
@@ -247,7 +247,7 @@ IMAGE_KEY = "visual.transformer.resblocks.0.mlp.c_fc.weight"
 def _quick_run(tmp_path: Path, data: Path, **kw) -> dict[str, torch.Tensor]:
     opts = TrainOptions(data=str(data / "manifest.csv"), out=str(tmp_path / "run"), epochs=1, max_steps=2,
                         batch_size=8, lr=1e-2, seed=0, **TINY, **kw)
-    [result] = run_training(opts)
+    [result] = run_training(opts).runs
     model, _ = load_checkpoint(result.best_checkpoint)
     return model.state_dict()
 
@@ -301,7 +301,10 @@ def _swa_opts(data: Path, out: Path, average: str = "swa") -> TrainOptions:
 
 def test_swa_averages_every_step_from_the_second_epoch_and_saves_the_average(tmp_path, train_cache,
                                                                             train_small_set):
-    [result] = run_training(_swa_opts(train_small_set, tmp_path / "run"))
+    training = run_training(_swa_opts(train_small_set, tmp_path / "run"))
+    [result] = training.runs
+    doc = json.loads(json.dumps(training.to_json()))
+    assert doc["out"] == str(tmp_path / "run") and doc["runs"][0]["best_checkpoint"] == result.best_checkpoint
 
     run = Path(result.run_dir)
     average = _tensors(run / "average.safetensors")
@@ -330,7 +333,7 @@ def test_an_interrupted_swa_run_resumes_to_the_same_average(tmp_path, train_cach
             raise Crash
 
     with pytest.raises(Crash):
-        run_training(_swa_opts(train_small_set, tmp_path / "cut"), callback=crash_in_epoch_2)
+        run_training(_swa_opts(train_small_set, tmp_path / "cut"), on_event=crash_in_epoch_2)
     assert int(_tensors(tmp_path / "cut" / "average.safetensors")["n_averaged"]) == 2  # epoch 1 saved
     run_training(_swa_opts(train_small_set, tmp_path / "cut"), resume=True)
 
@@ -341,8 +344,8 @@ def test_an_interrupted_swa_run_resumes_to_the_same_average(tmp_path, train_cach
 
 
 def test_ema_and_off_leave_no_average_behind_when_off(tmp_path, train_cache, train_small_set):
-    [ema] = run_training(_swa_opts(train_small_set, tmp_path / "ema", "ema"))
-    [off] = run_training(_swa_opts(train_small_set, tmp_path / "off", "off"))
+    [ema] = run_training(_swa_opts(train_small_set, tmp_path / "ema", "ema")).runs
+    [off] = run_training(_swa_opts(train_small_set, tmp_path / "off", "off")).runs
 
     assert int(_tensors(Path(ema.run_dir) / "average.safetensors")["n_averaged"]) == 4
     assert not (Path(off.run_dir) / "average.safetensors").exists()

@@ -4,7 +4,8 @@ Rooms: ``scoring`` (the pure core: :func:`score_entries`, :func:`report_for_set`
 are test data), ``overlap`` (the guard against evaluating training files), ``calibration`` (``--calibrate``),
 ``plots``, ``options`` (:class:`EvalOptions` / :class:`EvalResult`), ``run`` (the driver :func:`run_eval`, which
 picks the test sets, crops them with the checkpoint's own crop policy, guards, optionally recalibrates and
-scores) and ``suite`` (``--suite``). The JSON writer and the Rich tables (``report.eval``) read one result.
+scores) and ``suite`` (``--suite``). Progress goes to ``on_event(event, payload)``; nothing here writes the JSON or
+the plots: ``report.eval`` (writers and Rich tables) reads one result, which carries the scores the plots need.
 
 Decisions worth knowing:
 - Without ``--split`` / ``--protocol`` every record is test data (one set, "all"). ``--split S`` keeps the
@@ -19,7 +20,8 @@ Decisions worth knowing:
   not on the full image, and on reals and fakes alike. With both, a crop is perturbed, then standardized.
 - ``--calibrate ROOT`` reads ROOT with layout auto (``--layout`` describes ``--data`` only).
 
-``--suite DIR`` (:func:`run_suite`, or :func:`run_suite_model` for a model already in memory): every visible
+``--suite DIR`` (:class:`SuiteOptions` in, :func:`run_suite`, or :func:`run_suite_model` for a model already in
+memory, :class:`SuiteResult` out): every visible
 sub-folder of DIR is one dataset root, read with layout auto (a generic tree with only ``real/`` or only
 ``fake/`` is read too, so it can be reported as one-class). Each set is cropped with the checkpoint's crop policy
 and scored at the checkpoint's threshold; ``--bootstrap``, ``--robustness`` and ``--plots DIR`` (into
@@ -42,15 +44,14 @@ rate): the false-alarm rate a user whose photos look like that source meets. Und
 """
 
 from .options import SCHEMA_ID, EvalOptions, EvalResult
-from .plots import write_set_plots, write_suite_plots
+from .plots import write_eval_plots, write_set_plots, write_suite_plots
 from .run import run_eval
 from .scoring import RobustnessRow, SetReport, crop_pipeline, labels_of, report_for_set, score_entries
 from .selection import select_sets
-from .suite import SUITE_SCHEMA_ID, SuiteEvent, SuiteResult, run_suite, run_suite_model
-from .tasks import EvalEvent
+from .suite import SUITE_SCHEMA_ID, SuiteOptions, SuiteResult, run_suite, run_suite_model
 
 __all__ = [
-    "SCHEMA_ID", "SUITE_SCHEMA_ID", "EvalEvent", "EvalOptions", "EvalResult", "RobustnessRow", "SetReport", "SuiteEvent",
-    "SuiteResult", "crop_pipeline", "labels_of", "report_for_set", "run_eval",
-    "run_suite", "run_suite_model", "score_entries", "select_sets", "write_set_plots", "write_suite_plots",
+    "SCHEMA_ID", "SUITE_SCHEMA_ID", "EvalOptions", "EvalResult", "RobustnessRow", "SetReport", "SuiteOptions",
+    "SuiteResult", "crop_pipeline", "labels_of", "report_for_set", "run_eval", "run_suite", "run_suite_model",
+    "score_entries", "select_sets", "write_eval_plots", "write_set_plots", "write_suite_plots",
 ]

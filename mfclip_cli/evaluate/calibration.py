@@ -10,6 +10,7 @@ import numpy as np
 
 from ..decision import choose_threshold
 from ..errors import MfclipError
+from ..events import EventHook
 from ..model.metadata import CheckpointMeta, ThresholdRecord
 from ..model.mfclip import MFCLIP
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from ..faces.types import CropPolicy
 from .options import EvalOptions
 from .scoring import labels_of
-from .tasks import EvalHook, crop_records, score_records
+from .tasks import crop_records, score_records
 
 
 def default_calibrated_path(checkpoint: str) -> Path:
@@ -41,7 +42,7 @@ def calibration_records(root: str) -> list[Record]:
 
 
 def calibrate_threshold(root: str, model: MFCLIP, meta: CheckpointMeta, opts: EvalOptions, policy: CropPolicy,
-                        device: str, on_event: EvalHook | None) -> tuple[ThresholdRecord, dict[str, Any], set[str]]:
+                        device: str, on_event: EventHook) -> tuple[ThresholdRecord, dict[str, Any], set[str]]:
     """Choose a threshold on the data at ``root`` and write the calibrated checkpoint.
 
     Returns (new threshold record, {path, sha256, n, skipped}, content-hash prefixes of the calibration files).

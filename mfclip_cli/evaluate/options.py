@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ..data.crops import CropEntry
 from ..errors import MfclipError
 from ..fsutil import jsonable
 from ..model.metadata import ThresholdRecord
@@ -32,8 +35,6 @@ class EvalOptions:
     target_fpr: float | None = None
     calibrated_out: str | None = None
     bootstrap: int = 0
-    json_out: str | None = None
-    plots: str | None = None
     strict: bool = False
     batch_size: int = 32
     workers: int = 2
@@ -48,7 +49,11 @@ class EvalOptions:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """What one eval produced; ``to_dict`` is the JSON form (schema ``mfclip.eval/1``)."""
+    """What one eval produced; ``to_json`` is the JSON form (schema ``mfclip.eval/1``).
+
+    ``scored`` holds each set's crops and P(fake) (what ``--plots`` draws; not in the JSON); ``plots`` lists the
+    figures the report layer wrote for it (``report.eval.write_eval_files``).
+    """
 
     checkpoint: str
     checkpoint_sha256: str
@@ -68,8 +73,9 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
     calibrated_checkpoint: dict[str, Any] | None = None
     plots: list[str] = field(default_factory=list)
+    scored: dict[str, tuple[list[CropEntry], np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         from .. import __version__
 
         return jsonable({

@@ -12,6 +12,7 @@ from ..data.crops import CropEntry
 from .scoring import SetReport, labels_of, row_curves
 
 if TYPE_CHECKING:
+    from .options import EvalResult
     from .suite import SuiteResult
 
 
@@ -39,6 +40,18 @@ def write_set_plots(out_dir: Path, report: SetReport, entries: list[CropEntry], 
             written.append(str(path))
         except ValueError as exc:  # e.g. a set with one class has no ROC: say so, keep the other figures
             warnings.append(f"plot {path.name} not written: {exc}")
+    return written, warnings
+
+
+def write_eval_plots(result: EvalResult, out_dir: str | Path) -> tuple[list[str], list[str]]:
+    """ROC, DET and histogram PNGs of every set of an eval into ``out_dir``; (paths, warnings)."""
+    written: list[str] = []
+    warnings: list[str] = []
+    for rep in result.sets:
+        entries, scores = result.scored[rep.name]
+        paths, warns = write_set_plots(Path(out_dir), rep, entries, scores, result.threshold.value)
+        written += paths
+        warnings += warns
     return written, warnings
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import MfclipError
+from ..events import EventHook, no_event
 from ..metrics import binary_metrics
 
 if TYPE_CHECKING:
@@ -15,10 +15,9 @@ if TYPE_CHECKING:
 from .calibration import calibrate_threshold
 from .options import EvalOptions, EvalResult, check_options
 from .overlap import count_overlap, overlap_warning
-from .plots import write_set_plots
 from .scoring import RobustnessRow, SetReport, labels_of, report_for_set
 from .selection import select_sets
-from .tasks import EvalHook, crop_records, score_records
+from .tasks import crop_records, score_records
 
 
 def _unique_by_path(records: list[Record]) -> list[Record]:
@@ -28,12 +27,16 @@ def _unique_by_path(records: list[Record]) -> list[Record]:
     return list(seen.values())
 
 
-def run_eval(opts: EvalOptions, *, on_event: EvalHook | None = None) -> EvalResult:
-    """Evaluate ``opts.checkpoint`` on ``opts.data``: metrics per set and row, robustness, calibration, plots."""
+def run_eval(opts: EvalOptions, *, on_event: EventHook = no_event) -> EvalResult:
+    """Evaluate ``opts.checkpoint`` on ``opts.data``: metrics per set and row, robustness, calibration.
+
+    Events: "progress" ``{"what", "done", "total"}`` of each task (cropping, scoring a set, a perturbation,
+    calibration). Writes nothing but the calibrated checkpoint (``--calibrate``); the JSON and the plots are
+    the report layer's (``report.eval.write_eval_files``), from the result (which carries the scores).
+    """
     from ..data.layouts import read_dataset
     from ..data.manifest import manifest_sha256
     from ..data.transforms import PERTURBATIONS
-    from ..fsutil import atomic_write_json
     from ..model.checkpoint import load_checkpoint
     from ..runtime import resolve_device
 
@@ -88,16 +91,12 @@ def run_eval(opts: EvalOptions, *, on_event: EvalHook | None = None) -> EvalResu
 
     reports: list[SetReport] = []
     robustness: list[RobustnessRow] = []
-    plots: list[str] = []
+    scored = {}
     for name, ents in set_entries.items():
         scores = score_records(model, ents, opts, device, on_event, f"scoring {name}")
-        rep = report_for_set(name, ents, scores, thr, bootstrap=opts.bootstrap, seed=opts.seed,
-                             n_skipped=n_skipped[name])
-        reports.append(rep)
-        if opts.plots:
-            paths, plot_warnings = write_set_plots(Path(opts.plots), rep, ents, scores, thr)
-            plots += paths
-            warnings += plot_warnings
+        reports.append(report_for_set(name, ents, scores, thr, bootstrap=opts.bootstrap, seed=opts.seed,
+                                      n_skipped=n_skipped[name]))
+        scored[name] = (ents, scores)
         if opts.robustness:
             labels = labels_of(ents)
             for pert in PERTURBATIONS:
@@ -110,15 +109,12 @@ def run_eval(opts: EvalOptions, *, on_event: EvalHook | None = None) -> EvalResu
                      "to reals and fakes alike")
     if opts.standardize:
         notes.append("standardize: every crop was JPEG re-encoded at quality 90 before scoring")
-    result = EvalResult(
+    return EvalResult(
         checkpoint=str(opts.checkpoint), checkpoint_sha256=meta.sha256, data=str(opts.data),
         manifest_sha256=manifest_sha256(evaluated), n_files=len(evaluated), threshold=threshold,
         overlap=overlap, overlap_by_set=overlap_by_set, overlap_warning=overlap_text, sets=reports, robustness=robustness,
         skipped=n_skipped,
         skipped_files=[{"path": s.record.path, "code": s.code, "message": s.message} for s in skipped],
         settings={**opts.to_dict(), "device": device, "crop_policy": policy.to_dict()},
-        warnings=warnings, notes=notes, calibrated_checkpoint=calibrated, plots=plots,
+        warnings=warnings, notes=notes, calibrated_checkpoint=calibrated, scored=scored,
     )
-    if opts.json_out:
-        atomic_write_json(opts.json_out, result.to_dict())
-    return result

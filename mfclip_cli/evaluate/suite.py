@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +12,7 @@ import numpy as np
 from ..data.crops import CropEntry
 from ..decision import is_fake
 from ..errors import MfclipError
+from ..events import EventHook, no_event
 from ..fsutil import jsonable
 from ..metrics import Row, binary_metrics
 from ..model.mfclip import MFCLIP
@@ -29,18 +29,29 @@ SUITE_SCHEMA_ID = "mfclip.eval-suite/1"
 
 
 @dataclass(frozen=True)
-class SuiteEvent:
-    """Progress of :func:`run_suite`: ``stage`` is 'set' (a set starts), 'crop' or 'score' (``done`` of
-    ``total`` items of ``set_name``), or 'set_done' (``message`` says why when the set was not scored)."""
+class SuiteOptions:
+    """What `mfclip eval --suite` is asked (recorded in the result's settings, but for the two paths).
 
-    stage: str
-    set_name: str
-    done: int = 0
-    total: int = 0
-    message: str | None = None
+    ``checkpoint`` may be None only for :func:`run_suite_model` (a model already in memory); ``device`` may be
+    'auto' for :func:`run_suite`.
+    """
 
+    checkpoint: str | None
+    suite: str
+    bootstrap: int = 0
+    seed: int = 0
+    batch_size: int = 32
+    device: str = "cpu"
+    workers: int = 2
+    robustness: bool = False
 
-SuiteHook = Callable[[SuiteEvent], None]
+    def check(self) -> None:
+        if self.bootstrap < 0:
+            raise MfclipError(f"--bootstrap must be >= 0, got {self.bootstrap}")
+        if self.batch_size < 1:
+            raise MfclipError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise MfclipError(f"--workers must be >= 0, got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,7 @@ class SuiteSetResult:
     robustness: list[RobustnessRow] = field(default_factory=list)
     skipped_files: list[dict[str, str]] = field(default_factory=list)
     overlap: int | None = None
-    # the scored crops and their P(fake), for plots and further analysis (not in to_dict)
+    # the scored crops and their P(fake), for plots and further analysis (not in to_json)
     entries: list[CropEntry] = field(default_factory=list, repr=False, compare=False)
     scores: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -86,7 +97,7 @@ class SuiteSetResult:
     def auc(self) -> float | None:
         return None if self.report is None else self.report.row("all").metrics.auc
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "path": self.path, "status": "scored" if self.scored else "not_scored",
             "error": self.error, "n_real": self.n_real, "n_fake": self.n_fake,
@@ -123,7 +134,7 @@ class SuiteSummary:
 
 @dataclass(frozen=True)
 class SuiteResult:
-    """What a suite eval produced; ``to_dict`` is the JSON form (schema ``mfclip.eval-suite/1``)."""
+    """What a suite eval produced; ``to_json`` is the JSON form (schema ``mfclip.eval-suite/1``)."""
 
     suite: str
     checkpoint: str | None
@@ -141,7 +152,7 @@ class SuiteResult:
                 return s
         raise KeyError(f"no set {name!r}; sets: {', '.join(s.name for s in self.sets)}")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         from .. import __version__
 
         return jsonable({
@@ -150,7 +161,7 @@ class SuiteResult:
             "checkpoint": {"path": self.checkpoint, "sha256": self.checkpoint_sha256},
             "suite": {"path": self.suite},
             "threshold": self.threshold,
-            "sets": [s.to_dict() for s in self.sets],
+            "sets": [s.to_json() for s in self.sets],
             "summary": self.summary.to_dict(),
             "notes": list(self.notes),
             "settings": self.settings,
@@ -226,9 +237,8 @@ def _read_suite_set(set_dir: Path) -> list[Record]:
     return read_dataset(set_dir, "auto")
 
 
-def _evaluate_suite_set(set_dir: Path, model: MFCLIP, threshold: float, policy: CropPolicy, *, bootstrap: int,
-                        seed: int, batch_size: int, device: str, workers: int, robustness: bool,
-                        train_hashes16: list[str] | None, emit: SuiteHook) -> SuiteSetResult:
+def _evaluate_suite_set(set_dir: Path, model: MFCLIP, threshold: float, policy: CropPolicy, opts: SuiteOptions,
+                        train_hashes16: list[str] | None, on_event: EventHook) -> SuiteSetResult:
     from ..data.crops import CropCache, prepare_crops
     from ..data.transforms import PERTURBATIONS
     from ..media import is_media_file
@@ -246,10 +256,10 @@ def _evaluate_suite_set(set_dir: Path, model: MFCLIP, threshold: float, policy: 
 
     def crop_done() -> None:
         done[0] += 1
-        emit(SuiteEvent("crop", name, done[0], total))
+        on_event("crop", {"set": name, "done": done[0], "total": total})
 
-    entries, skipped = prepare_crops(records, policy, CropCache(cache_dir() / "crops", policy), workers=workers,
-                                     on_done=crop_done)
+    entries, skipped = prepare_crops(records, policy, CropCache(cache_dir() / "crops", policy),
+                                     workers=opts.workers, on_done=crop_done)
     skipped_files = [{"path": s.record.path, "code": s.code, "message": s.message} for s in skipped]
     labels = labels_of(entries)
     n_real, n_fake = int(np.sum(labels == 0)), int(np.sum(labels == 1))
@@ -259,88 +269,83 @@ def _evaluate_suite_set(set_dir: Path, model: MFCLIP, threshold: float, policy: 
         return SuiteSetResult(name, str(set_dir), n_real, n_fake, None, error=f"not scored: {reason}",
                               skipped_files=skipped_files, overlap=overlap)
 
-    def score(what: str, perturbation: str | None = None) -> np.ndarray:
+    def score(perturbation: str | None = None) -> np.ndarray:
         progress = [0]
 
         def on_batch(n: int) -> None:
             progress[0] += n
-            emit(SuiteEvent(what, name, progress[0], len(entries)))
+            on_event("score", {"set": name, "perturbation": perturbation, "done": progress[0],
+                               "total": len(entries)})
 
-        return score_entries(model, entries, batch_size=batch_size, workers=workers, device=device,
+        return score_entries(model, entries, batch_size=opts.batch_size, workers=opts.workers, device=opts.device,
                              perturbation=crop_pipeline(perturbation, False), on_batch=on_batch)
 
-    scores = score("score")
-    report = report_for_set(name, entries, scores, threshold, bootstrap=bootstrap, seed=seed,
+    scores = score()
+    report = report_for_set(name, entries, scores, threshold, bootstrap=opts.bootstrap, seed=opts.seed,
                             n_skipped=len(skipped))
     robust = []
-    if robustness:
+    if opts.robustness:
         for pert in PERTURBATIONS:
-            ps = score(f"score:{pert}", pert)
-            robust.append(RobustnessRow(name, pert, binary_metrics(ps, labels, threshold, bootstrap=bootstrap,
-                                                                   seed=seed)))
+            ps = score(pert)
+            robust.append(RobustnessRow(name, pert, binary_metrics(ps, labels, threshold, bootstrap=opts.bootstrap,
+                                                                   seed=opts.seed)))
     return SuiteSetResult(name, str(set_dir), n_real, n_fake, report,
                           real_sources=real_acc_by_source(entries, scores, threshold), robustness=robust,
                           skipped_files=skipped_files, overlap=overlap, entries=entries, scores=scores)
 
 
-def run_suite_model(model: MFCLIP, threshold: float, crop_policy: CropPolicy, suite_dir: str | Path, *,
-                    bootstrap: int = 0, seed: int = 0, batch_size: int = 32, device: str = "cpu", workers: int = 2,
-                    robustness: bool = False, on_event: SuiteHook | None = None,
-                    train_hashes16: list[str] | None = None, checkpoint: str | None = None,
+def run_suite_model(model: MFCLIP, threshold: float, crop_policy: CropPolicy, opts: SuiteOptions, *,
+                    on_event: EventHook = no_event, train_hashes16: list[str] | None = None,
                     checkpoint_sha256: str | None = None) -> SuiteResult:
-    """Score every set of ``suite_dir`` with an already loaded model at ``threshold``; see :func:`run_suite`.
+    """Score every set of ``opts.suite`` with an already loaded model at ``threshold``; see :func:`run_suite`.
 
-    ``model`` must already be on ``device``. ``train_hashes16`` (content-hash prefixes of the model's
-    training files) adds a per-set overlap count; ``checkpoint`` / ``checkpoint_sha256`` are only recorded.
+    ``model`` must already be on ``opts.device``. ``train_hashes16`` (content-hash prefixes of the model's
+    training files) adds a per-set overlap count; ``opts.checkpoint`` / ``checkpoint_sha256`` are only recorded.
     """
-    if bootstrap < 0:
-        raise MfclipError(f"--bootstrap must be >= 0, got {bootstrap}")
-    if batch_size < 1:
-        raise MfclipError(f"--batch-size must be >= 1, got {batch_size}")
-    if workers < 0:
-        raise MfclipError(f"--workers must be >= 0, got {workers}")
+    opts.check()
     if not math.isfinite(threshold):
         raise MfclipError(f"threshold must be a finite number, got {threshold}")
-    emit = on_event or (lambda _event: None)
     sets: list[SuiteSetResult] = []
-    for set_dir in suite_set_dirs(suite_dir):
-        emit(SuiteEvent("set", set_dir.name))
-        res = _evaluate_suite_set(set_dir, model, float(threshold), crop_policy, bootstrap=bootstrap, seed=seed,
-                                  batch_size=batch_size, device=device, workers=workers, robustness=robustness,
-                                  train_hashes16=train_hashes16, emit=emit)
-        emit(SuiteEvent("set_done", set_dir.name, message=res.error))
+    for set_dir in suite_set_dirs(opts.suite):
+        on_event("set", {"set": set_dir.name})
+        res = _evaluate_suite_set(set_dir, model, float(threshold), crop_policy, opts, train_hashes16, on_event)
+        on_event("set_done", {"set": set_dir.name, "message": res.error})
         sets.append(res)
     notes = []
-    if robustness:
+    if opts.robustness:
         notes.append("robustness: each perturbation is applied to the face crop (not the full image), "
                      "to reals and fakes alike")
     if train_hashes16 is None:
         notes.append("no training-file hashes given: overlap with the model's training data was not checked")
-    settings = {"bootstrap": bootstrap, "seed": seed, "batch_size": batch_size, "device": device,
-                "workers": workers, "robustness": robustness, "crop_policy": crop_policy.to_dict()}
-    return SuiteResult(suite=str(suite_dir), checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256,
+    settings = {"bootstrap": opts.bootstrap, "seed": opts.seed, "batch_size": opts.batch_size,
+                "device": opts.device, "workers": opts.workers, "robustness": opts.robustness,
+                "crop_policy": crop_policy.to_dict()}
+    return SuiteResult(suite=str(opts.suite), checkpoint=None if opts.checkpoint is None else str(opts.checkpoint),
+                       checkpoint_sha256=checkpoint_sha256,
                        threshold=float(threshold), sets=sets, summary=summarize_suite(sets), settings=settings,
                        notes=notes)
 
 
-def run_suite(checkpoint: str | Path, suite_dir: str | Path, *, bootstrap: int = 0, seed: int = 0,
-              batch_size: int = 32, device: str = "cpu", workers: int = 2, robustness: bool = False,
-              on_event: SuiteHook | None = None) -> SuiteResult:
-    """Every sub-folder of ``suite_dir`` scored as one dataset with ``checkpoint`` and its threshold.
+def run_suite(opts: SuiteOptions, *, on_event: EventHook = no_event) -> SuiteResult:
+    """Every sub-folder of ``opts.suite`` scored as one dataset with ``opts.checkpoint`` and its threshold.
 
     Each set is cropped with the checkpoint's crop policy, scored, and reported like `mfclip eval --data`
     (rows per generator / kind / family, AUC CI with ``bootstrap`` > 0, robustness rows), plus the real-ACC
     of each real source. A set that cannot be scored (not a dataset, no usable file, one class only) gets
-    an ``error`` and is left out of the summary; the other sets are scored. ``device`` may be 'auto'.
+    an ``error`` and is left out of the summary; the other sets are scored.
+
+    Events: "set" ``{"set"}`` as a set starts; "crop" ``{"set", "done", "total"}``; "score" ``{"set",
+    "perturbation" (None: unperturbed), "done", "total"}``; "set_done" ``{"set", "message"}`` (why it was not
+    scored, or None). Writes nothing: the JSON and plots are the report layer's (``report.eval``).
     """
     from ..model.checkpoint import load_checkpoint
     from ..runtime import resolve_device
 
-    device = resolve_device(device)
-    suite_set_dirs(suite_dir)  # a wrong folder fails before the model is loaded
-    model, meta = load_checkpoint(checkpoint, device=device)
+    if opts.checkpoint is None:
+        raise MfclipError("run_suite needs SuiteOptions.checkpoint (run_suite_model takes a loaded model)")
+    opts = replace(opts, device=resolve_device(opts.device))
+    suite_set_dirs(opts.suite)  # a wrong folder fails before the model is loaded
+    model, meta = load_checkpoint(opts.checkpoint, device=opts.device)
     hashes = (meta.training.file_hashes16 if meta.training is not None else None) or None
-    return run_suite_model(model, meta.decision_threshold().value, meta.input_spec().crop, suite_dir,
-                           bootstrap=bootstrap, seed=seed, batch_size=batch_size, device=device, workers=workers,
-                           robustness=robustness, on_event=on_event, train_hashes16=hashes,
-                           checkpoint=str(checkpoint), checkpoint_sha256=meta.sha256)
+    return run_suite_model(model, meta.decision_threshold().value, meta.input_spec().crop, opts, on_event=on_event,
+                           train_hashes16=hashes, checkpoint_sha256=meta.sha256)

@@ -6,7 +6,7 @@ The folder holds ``image_encoder.onnx`` ((image, noise) -> p_fake, logits, embed
 sibling folder and renamed into place only after onnxruntime reproduces torch on real batches, so a
 failed export leaves nothing behind. Layout and names: ``mfclip_cli.runtime.onnx_backend``.
 
-Rooms: ``run`` (orchestration: :func:`export_model`), ``graph`` (tracing and graph surgery), ``parity``
+Rooms: ``run`` (orchestration: :class:`ExportOptions` in, :func:`run_export`, :class:`ExportResult` out), ``graph`` (tracing and graph surgery), ``parity``
 (onnxruntime against torch), ``variants`` (int8 / fp16), ``manifest`` (manifest.json), ``inputs`` (the crops
 the checks run on).
 """
@@ -14,8 +14,8 @@ the checks run on).
 from .graph import fold_pads_into_convs, static_same_padding
 from .inputs import SYNTHETIC_CROPS, synthetic_face_crops
 from .parity import ParityFigure
-from .run import ExportResult, export_model
+from .run import ExportOptions, ExportResult, run_export
 from .variants import VariantFigure
 
-__all__ = ["SYNTHETIC_CROPS", "ExportResult", "ParityFigure", "VariantFigure", "export_model",
-           "fold_pads_into_convs", "static_same_padding", "synthetic_face_crops"]
+__all__ = ["SYNTHETIC_CROPS", "ExportOptions", "ExportResult", "ParityFigure", "VariantFigure",
+           "fold_pads_into_convs", "run_export", "static_same_padding", "synthetic_face_crops"]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import MfclipError
+from ..events import EventHook, no_event
 from ..fsutil import atomic_write_json
 from ..model.checkpoint import load_checkpoint
 from ..model.mfclip import ImageEncoder
@@ -65,7 +66,7 @@ class ExportResult:
     def variant(self, name: str) -> VariantFigure | None:
         return next((v for v in self.variants if v.variant == name), None)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "out_dir": self.out_dir, "manifest": self.manifest, "image_encoder": self.image_encoder,
             "text_encoder": self.text_encoder, "opset": self.opset, "checkpoint_sha256": self.checkpoint_sha256,
@@ -75,32 +76,44 @@ class ExportResult:
         }
 
 
-def export_model(
-    checkpoint: str,
-    out_dir: str,
-    *,
-    opset: int = 17,
-    fp16: bool = False,
-    int8: bool = False,
-    text: bool | None = None,
-    parity_batches: Sequence[int] = (1, 3, 8),
-    tol: float = 1e-4,
-    calib_images: list[np.ndarray] | None = None,
-    calib_labels: Sequence[int] | None = None,
-    overwrite: bool = False,
-) -> ExportResult:
-    """Export ``checkpoint`` into the folder ``out_dir``; returns paths and parity figures.
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `mfclip export` is asked: the checkpoint, the folder to write, and how the graphs are made and checked.
 
-    ``text``: None exports the text encoder when the checkpoint has its text tower, True requires it,
-    False skips it. ``calib_images``: RGB uint8 face crops of the checkpoint's input size, used for the
-    parity check and the int8/fp16 comparison (default: synthetic face-like crops); ``calib_labels``
-    (0 real, 1 fake) add the AUC change of each variant. Parity: max |onnxruntime - torch| over p_fake
-    and logits must be <= ``tol`` at every batch size in ``parity_batches``, or nothing is written.
+    ``text``: None exports the text encoder when the checkpoint has its text tower, True requires it, False
+    skips it. ``calib_images``: RGB uint8 face crops of the checkpoint's input size, used for the parity check
+    and the int8/fp16 comparison (default: synthetic face-like crops); ``calib_labels`` (0 real, 1 fake) add
+    the AUC change of each variant. Parity: max |onnxruntime - torch| over p_fake and logits must be <= ``tol``
+    at every batch size in ``parity_batches``, or nothing is written.
     """
-    out = Path(out_dir).expanduser().absolute()
+
+    checkpoint: str
+    out_dir: str
+    opset: int = 17
+    fp16: bool = False
+    int8: bool = False
+    text: bool | None = None
+    parity_batches: tuple[int, ...] = (1, 3, 8)
+    tol: float = 1e-4
+    calib_images: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
+    calib_labels: Sequence[int] | None = field(default=None, repr=False, compare=False)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parity_batches", tuple(self.parity_batches))
+
+
+def run_export(opts: ExportOptions, *, on_event: EventHook = no_event) -> ExportResult:
+    """Export ``opts.checkpoint`` into the folder ``opts.out_dir``; returns paths and parity figures.
+
+    Events: "step" ``{"what": ...}`` as each stage starts (image encoder, text encoder, int8, fp16, manifest).
+    """
+    checkpoint, opset, tol, parity_batches = opts.checkpoint, opts.opset, opts.tol, opts.parity_batches
+    calib_images, text = opts.calib_images, opts.text
+    out = Path(opts.out_dir).expanduser().absolute()
     _check_options(opset, parity_batches, tol)
-    _check_target(out, overwrite, Path(checkpoint))
-    fp16_method = choose_fp16_method() if fp16 else None  # fail before any work when fp16 cannot be made
+    _check_target(out, opts.overwrite, Path(checkpoint))
+    fp16_method = choose_fp16_method() if opts.fp16 else None  # fail before any work when fp16 cannot be made
     model, meta = load_checkpoint(checkpoint, device="cpu")
     meta.decision_threshold(), meta.input_spec()  # no decision rule, no export: fail before the work
     if text is True and model.text is None:
@@ -111,12 +124,13 @@ def export_model(
     with_text = model.text is not None and text is not False
     pre = model.cfg.preprocess
     crops, source = calibration_crops(calib_images, pre, max(parity_batches))
-    labels = calibration_labels(calib_labels, calib_images)
+    labels = calibration_labels(opts.calib_labels, calib_images)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
+        on_event("step", {"what": "image encoder"})
         encoder = ImageEncoder(model).eval()
         image_path = tmp / IMAGE_ENCODER_FILES["fp32"]
         image, noise = prepare_batch(take(crops, TRACE_BATCH), pre)
@@ -127,6 +141,7 @@ def export_model(
         parity = image_parity(encoder, image_path, crops, parity_batches, pre, tol)
         text_path = None
         if with_text:
+            on_event("step", {"what": "text encoder"})
             text_path = tmp / TEXT_ENCODER_FILE
             text_encoder = TextEncoder(model.text).eval()
             tokens = model.tokenizer(model.prompts_for(PARITY_LABELS[:TRACE_BATCH]))
@@ -136,13 +151,16 @@ def export_model(
 
         reference = torch_reference(encoder, crops, pre)
         variants: list[VariantFigure] = []
-        if int8:
+        if opts.int8:
+            on_event("step", {"what": "int8"})
             variants.append(export_int8(image_path, tmp / IMAGE_ENCODER_FILES["int8"], crops, pre,
                                          reference, labels))
         if fp16_method is not None:
+            on_event("step", {"what": "fp16"})
             variants.append(export_fp16(fp16_method, model, image_path, tmp / IMAGE_ENCODER_FILES["fp16"],
                                          crops, pre, reference, labels, opset))
 
+        on_event("step", {"what": "manifest"})
         manifest = build_manifest(model, meta, tmp, opset, tol, source, len(crops), parity, variants, text_path)
         atomic_write_json(tmp / MANIFEST_NAME, manifest)
         _move_into_place(tmp, out)

@@ -1,7 +1,10 @@
-"""Rich tables of eval and suite results (`mfclip eval`); the JSON is the results' own ``to_dict``."""
+"""The files and Rich tables of eval and suite results (`mfclip eval`): ``--plots`` and ``--json`` (the results'
+own ``to_json``) are written here, from the result, after the verb returns."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +14,39 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..evaluate import EvalResult, SuiteResult
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+def write_eval_files(result: EvalResult, *, json_out: str | os.PathLike | None = None,
+                     plots: str | os.PathLike | None = None) -> EvalResult:
+    """``--plots DIR`` (ROC, DET and histogram PNGs per set), then ``--json PATH`` (atomic) of one eval.
+
+    Returns the result with the figures written (``plots``), the warnings of those that could not be drawn
+    and both paths in its settings: what the JSON holds and the tables show.
+    """
+    from ..evaluate import write_eval_plots
+    from ..fsutil import atomic_write_json
+
+    written, warnings = write_eval_plots(result, plots) if plots is not None else ([], [])
+    result = replace(result, plots=written, warnings=[*result.warnings, *warnings],
+                     settings={**result.settings, "json_out": None if json_out is None else str(json_out),
+                               "plots": None if plots is None else str(plots)})
+    if json_out is not None:
+        atomic_write_json(json_out, result.to_json())
+    return result
+
+
+def write_suite_files(result: SuiteResult, *, json_out: str | os.PathLike | None = None,
+                      plots: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
+    """``--plots DIR`` (into ``DIR/<set>/``), then ``--json PATH`` (atomic, with the figures' paths) of a suite;
+    returns (figures written, warnings of those that could not be drawn)."""
+    from ..evaluate import write_suite_plots
+    from ..fsutil import atomic_write_json
+
+    written, warnings = write_suite_plots(result, plots) if plots is not None else ([], [])
+    if json_out is not None:
+        atomic_write_json(json_out, {**result.to_json(), "plots": written})
+    return written, warnings
 
 
 # --- rendering -----------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -41,7 +41,8 @@ DISAGREE_MARK = "⚑"  # the table's marker: the file's metadata claims the oppo
 
 @dataclass(frozen=True)
 class ExplanationPictures:
-    """The arrays an explanation's PNGs are drawn from; held only until the pictures are written."""
+    """The arrays an explanation's PNGs are drawn from: they travel in a scan's "item" event only (for the
+    report layer's picture writer); the scan's result holds its items without them."""
 
     crop: np.ndarray  # (S, S, 3) RGB uint8: the crop the score came from
     heat: np.ndarray  # (S, S) float32, sums to 1
@@ -185,6 +186,14 @@ class ItemResult:
         """An item that could not be processed (status "error")."""
         return cls(path=str(path), kind=kind, status="error", error={"code": code, "message": message},
                    provenance=provenance)
+
+    def without_pictures(self) -> ItemResult:
+        """This item with its explanations' arrays dropped (itself when it holds none)."""
+        if not any(f.explanation is not None and f.explanation.pictures is not None for f in self.faces):
+            return self
+        return replace(self, faces=[f if f.explanation is None else
+                                    replace(f, explanation=replace(f.explanation, pictures=None))
+                                    for f in self.faces])
 
     @property
     def provenance_disagrees(self) -> bool:

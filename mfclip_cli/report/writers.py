@@ -130,21 +130,29 @@ class ExplanationWriter:
     ``NNNNN_<stem>_faceK_overlay.png`` (crop + heat + the noise branch's patch outlined) and
     ``NNNNN_<stem>_faceK_heat.png`` (16-bit grey, linear in heat), NNNNN the item's index in the report.
 
-    Called as ``writer(index, item)`` (run_scan's ``write_explanations``); returns the item with the paths
-    set and the arrays dropped. A picture that cannot be written (full disk…) leaves its path null and is
-    remembered in ``failure``; the scan goes on.
+    ``writer(index, item)`` (on each of run_scan's "item" events) returns the item with the paths set and the
+    arrays dropped, and remembers it; ``fill(result)`` puts those items into the scan's result. A picture that
+    cannot be written (full disk…) leaves its path null and is remembered in ``failure``; the scan goes on.
     """
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self.failure: str | None = None
+        self._written: dict[int, ItemResult] = {}
 
     def __call__(self, index: int, item: ItemResult) -> ItemResult:
         if not any(f.explanation is not None and f.explanation.pictures is not None for f in item.faces):
             return item
         stem = _file_stem(item.path)
         faces = [self._write_face(f, f"{index:05d}_{stem}_face{k}") for k, f in enumerate(item.faces)]
-        return replace(item, faces=faces)
+        self._written[index] = replace(item, faces=faces)
+        return self._written[index]
+
+    def fill(self, result: ScanResult) -> ScanResult:
+        """``result`` with each item whose pictures were written replaced by the item that names them."""
+        if not self._written:
+            return result
+        return replace(result, items=[self._written.get(i, item) for i, item in enumerate(result.items)])
 
     def _write_face(self, face: FaceResult, name: str) -> FaceResult:
         e = face.explanation

@@ -6,12 +6,12 @@ test_metrics.json. Everything is written atomically; `--resume RUN_DIR` continue
 
 Rooms: ``options`` (:class:`TrainOptions`, results), ``setup`` (crop policy, model config, splits, frozen
 towers), ``sampling`` (pseudo-fakes, balanced weights), ``state`` (resume state), ``loop`` (one run:
-:func:`train_one`), ``run`` (every run of a protocol: :func:`run_training`).
+:func:`train_one`), ``run`` (every run of a protocol: :func:`run_training` -> :class:`TrainingResult`).
 """
 
 from .loop import train_one
 from .options import BALANCES, Callback, EpochLog, TrainOptions, TrainResult
-from .run import load_run_options, run_training, summarize_runs
+from .run import TrainingResult, load_run_options, run_training, summarize_runs
 from .sampling import (
     PSEUDO_FAKE_KINDS,
     pseudo_fake_kinds,
@@ -23,7 +23,8 @@ from .sampling import (
 from .setup import crop_policy_for, model_config_for, resolve_splits
 
 __all__ = [
-    "BALANCES", "PSEUDO_FAKE_KINDS", "Callback", "EpochLog", "TrainOptions", "TrainResult", "crop_policy_for",
+    "BALANCES", "PSEUDO_FAKE_KINDS", "Callback", "EpochLog", "TrainOptions", "TrainResult", "TrainingResult",
+    "crop_policy_for",
     "load_run_options", "model_config_for", "pseudo_fake_kinds", "reconstructed_entries", "resolve_splits", "run_training", "self_blended_entries",
     "source_balanced_weights", "summarize_runs", "swap_blended_entries", "train_one",
 ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..events import EventHook, no_event
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,8 @@ class TrainResult:
     skipped: int
 
 
-Callback = Callable[[str, dict[str, Any]], None]
-
-
-def no_callback(event: str, payload: dict[str, Any]) -> None:
-    return None
+Callback = EventHook  # the one hook type of every verb (mfclip_cli.events)
+no_callback = no_event
 
 
 BALANCES = ("none", "sources")

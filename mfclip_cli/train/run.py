@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +12,34 @@ import numpy as np
 from .. import __version__
 from ..data.transforms import parity_chain, train_augment
 from ..errors import MfclipError
-from ..fsutil import atomic_write_json
+from ..events import EventHook, no_event
+from ..fsutil import atomic_write_json, jsonable
 from .loop import train_one
-from .options import BALANCES, WEIGHT_AVERAGES, Callback, TrainOptions, TrainResult, no_callback
+from .options import BALANCES, WEIGHT_AVERAGES, TrainOptions, TrainResult
 from .sampling import pseudo_fake_kinds
 from .setup import model_config_for, process_rank, resolve_splits
 
 
+@dataclass(frozen=True)
+class TrainingResult:
+    """What `mfclip train` produced: the run folder and each run trained by this call (a resumed protocol
+    leaves out the runs that had already finished); ``summary`` is summary.json of a multi-run protocol."""
+
+    out: str
+    runs: tuple[TrainResult, ...]
+    summary: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable({"out": self.out, "runs": [asdict(r) for r in self.runs], "summary": self.summary})
+
+
 # --- driver --------------------------------------------------------------------------------------------------
-def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback = no_callback) -> list[TrainResult]:
-    """Train every run of the protocol (one for most; one per held-out pair for leave-source-out)."""
+def run_training(opts: TrainOptions, *, on_event: EventHook = no_event, resume: bool = False) -> TrainingResult:
+    """Train every run of the protocol (one for most; one per held-out pair for leave-source-out).
+
+    Events (``on_event(event, payload)``): "run_start" per run, then those of :func:`train_one` ("crops_start",
+    "crop_done", "data", "stage", "resumed", "epoch_start", "step", "epoch_end", "early_stop", "tests").
+    """
     train_augment(opts.augment)  # unknown names fail before anything is written
     parity_chain(opts.parity)
     pseudo_fake_kinds(opts.pseudo_fakes)
@@ -53,14 +72,16 @@ def run_training(opts: TrainOptions, *, resume: bool = False, callback: Callback
     results = []
     for i, split in chosen:
         run_dir = out if len(splits) == 1 else out / f"run-{i}"
-        callback("run_start", {"run": i, "of": len(splits), "name": split.name, "dir": str(run_dir)})
+        on_event("run_start", {"run": i, "of": len(splits), "name": split.name, "dir": str(run_dir)})
         done = (run_dir / "test_metrics.json").is_file()
         if resume and done:
             continue
-        results.append(train_one(opts, split, run_dir, resume=resume, callback=callback))
+        results.append(train_one(opts, split, run_dir, resume=resume, callback=on_event))
+    summary = None
     if len(splits) > 1:
-        atomic_write_json(out / "summary.json", summarize_runs(out, len(splits)))
-    return results
+        summary = summarize_runs(out, len(splits))
+        atomic_write_json(out / "summary.json", summary)
+    return TrainingResult(out=str(out), runs=tuple(results), summary=summary)
 
 
 def summarize_runs(out: Path, n: int) -> dict[str, Any]:
