@@ -50,13 +50,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from mfclip_cli.evaluate import run_suite
+    from mfclip_cli.evaluate import SuiteOptions, run_suite
 
     scores, entries = val_scores(args.checkpoint, args.run, args.workers)
     real = np.array([e.record.y == 0 for e in entries])
     srcs = [e.record.source for e, r in zip(entries, real, strict=True) if r]
     rs = scores[real]
-    suite = run_suite(args.checkpoint, args.suite, workers=args.workers)
+    suite = run_suite(SuiteOptions(str(args.checkpoint), str(args.suite), workers=args.workers))
     groups: dict[str, list[float]] = {}
     for s in suite.sets:
         for e, sc in zip(s.entries, s.scores, strict=True):

@@ -200,6 +200,7 @@ def eval_cmd(
     standardize: Annotated[bool, typer.Option("--standardize", help="Resize + JPEG re-encode every input first.")] = False,
     calibrate: Annotated[str | None, typer.Option(help="Choose the threshold on this validation set and write a new checkpoint.")] = None,
     target_fpr: Annotated[float | None, typer.Option(help="With --calibrate: threshold at this false-positive rate (default: EER).")] = None,
+    fpr_per_source: Annotated[bool, typer.Option("--fpr-per-source", help="With --target-fpr F: no real source of the calibration data is flagged more than F, not only all reals pooled.")] = False,
     calibrated_out: Annotated[str | None, typer.Option(help="With --calibrate: where to write the new checkpoint.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the AUC 95% CI (0 = off).")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
@@ -222,7 +223,8 @@ def eval_cmd(
         not_with_suite = {"--layout": layout != "auto", "--split": split is not None, "--protocol": protocol is not None,
                           "--test-generators": test_generators is not None, "--test-frac": test_frac is not None,
                           "--standardize": standardize, "--calibrate": calibrate is not None,
-                          "--target-fpr": target_fpr is not None, "--calibrated-out": calibrated_out is not None,
+                          "--target-fpr": target_fpr is not None, "--fpr-per-source": fpr_per_source,
+                          "--calibrated-out": calibrated_out is not None,
                           "--strict": strict}
         given = [name for name, used in not_with_suite.items() if used]
         if given:
@@ -237,7 +239,8 @@ def eval_cmd(
             checkpoint=checkpoint, data=data, layout=layout, split=split, protocol=protocol,
             test_generators=tuple(x.strip() for x in test_generators.split(",")) if test_generators else None,
             seed=seed, test_frac=test_frac, robustness=robustness, standardize=standardize, calibrate=calibrate,
-            target_fpr=target_fpr, calibrated_out=calibrated_out, bootstrap=bootstrap, strict=strict,
+            target_fpr=target_fpr, fpr_per_source=fpr_per_source, calibrated_out=calibrated_out,
+            bootstrap=bootstrap, strict=strict,
             batch_size=batch_size, workers=workers, device=device)
         progress = progress_bar(err_console, enabled=not quiet and err_console.is_terminal)
         task = progress.add_task("eval", total=None)

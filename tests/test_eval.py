@@ -187,6 +187,31 @@ def test_calibrate_writes_a_checkpoint_with_target_fpr_threshold(env, tmp_path):
     assert check.sets[0].row("all").metrics.real_acc >= 0.9
 
 
+def test_calibrate_per_source_keeps_the_rate_on_every_real_source(env, tmp_path):
+    calib = make_dataset(tmp_path / "calib", seed=4, n=6)
+    second = make_dataset(tmp_path / "other", seed=5, n=3) / "real" / "ffhq"
+    second.rename(calib / "real" / "lfw")
+    pooled = run_eval(_opts(env, env["fresh"], calibrate=str(calib), target_fpr=0.1,
+                            calibrated_out=str(tmp_path / "pooled.safetensors")))
+    per_source = run_eval(_opts(env, env["fresh"], calibrate=str(calib), target_fpr=0.1, fpr_per_source=True,
+                                calibrated_out=str(tmp_path / "per_source.safetensors")))
+
+    chosen = per_source.threshold
+    assert chosen.method == "target_fpr_per_source" and chosen.extra["n_sources"] == 2
+    assert chosen.extra["binding_source"] in {"ffhq", "lfw"}
+    assert chosen.value >= pooled.threshold.value
+    for src in ("ffhq", "lfw"):  # each real source alone, scored by the calibrated checkpoint
+        only = tmp_path / f"only_{src}"
+        (only / "real").mkdir(parents=True)
+        (calib / "real" / src).rename(only / "real" / src)
+        (only / "fake").symlink_to(calib / "fake")
+        check = run_eval(replace(_opts(env, only), checkpoint=str(tmp_path / "per_source.safetensors")))
+        assert check.sets[0].row("all").metrics.real_acc >= 0.9
+        (only / "real" / src).rename(calib / "real" / src)
+    with pytest.raises(MfclipError, match="--fpr-per-source needs --target-fpr"):
+        run_eval(_opts(env, env["fresh"], calibrate=str(calib), fpr_per_source=True))
+
+
 def test_default_calibrated_path_is_next_to_the_checkpoint(env, tmp_path):
     import shutil
 

@@ -183,7 +183,7 @@ def test_training_with_fpr_per_source_records_the_binding_real_source(face_paths
     opts = TrainOptions(data=str(data), out=str(tmp_path / "run"), preset="tiny", device="cpu", workers=0,
                         epochs=1, batch_size=8, val_frac=0.4, test_frac=0.2, target_fpr=0.25, fpr_per_source=True,
                         bootstrap=0)
-    [result] = run_training(opts)
+    [result] = run_training(opts).runs
 
     record = read_checkpoint_meta(result.best_checkpoint).threshold
     with open(Path(result.run_dir) / "val.csv") as fh:

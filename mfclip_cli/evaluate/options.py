@@ -33,6 +33,7 @@ class EvalOptions:
     standardize: bool = False
     calibrate: str | None = None
     target_fpr: float | None = None
+    fpr_per_source: bool = False  # with target_fpr: every real source of the calibration data keeps the rate
     calibrated_out: str | None = None
     bootstrap: int = 0
     strict: bool = False
@@ -111,6 +112,8 @@ def check_options(opts: EvalOptions) -> None:
         raise MfclipError("--test-generators only applies with --protocol cross-generator")
     if opts.target_fpr is not None and not opts.calibrate:
         raise MfclipError("--target-fpr chooses the threshold of --calibrate VALROOT; pass --calibrate too")
+    if opts.fpr_per_source and opts.target_fpr is None:
+        raise MfclipError("--fpr-per-source needs --target-fpr F (the false-positive rate each real source keeps)")
     if opts.target_fpr is not None and not 0.0 <= opts.target_fpr <= 1.0:
         raise MfclipError(f"--target-fpr must be in [0, 1], got {opts.target_fpr}")
     if opts.calibrated_out and not opts.calibrate:
