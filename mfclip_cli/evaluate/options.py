@@ -101,6 +101,16 @@ class EvalResult:
 
 
 # --- choosing the sets ---------------------------------------------------------------------------------------
+def check_scoring(bootstrap: int, batch_size: int, workers: int) -> None:
+    """The scoring settings `eval --data` and `eval --suite` share."""
+    if bootstrap < 0:
+        raise MfclipError(f"--bootstrap must be >= 0, got {bootstrap}")
+    if batch_size < 1:
+        raise MfclipError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise MfclipError(f"--workers must be >= 0, got {workers}")
+
+
 def check_options(opts: EvalOptions) -> None:
     from ..data.manifest import SPLITS
 
@@ -118,9 +128,4 @@ def check_options(opts: EvalOptions) -> None:
         raise MfclipError(f"--target-fpr must be in [0, 1], got {opts.target_fpr}")
     if opts.calibrated_out and not opts.calibrate:
         raise MfclipError("--calibrated-out names the checkpoint --calibrate writes; pass --calibrate too")
-    if opts.bootstrap < 0:
-        raise MfclipError(f"--bootstrap must be >= 0, got {opts.bootstrap}")
-    if opts.batch_size < 1:
-        raise MfclipError(f"--batch-size must be >= 1, got {opts.batch_size}")
-    if opts.workers < 0:
-        raise MfclipError(f"--workers must be >= 0, got {opts.workers}")
+    check_scoring(opts.bootstrap, opts.batch_size, opts.workers)

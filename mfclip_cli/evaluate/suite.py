@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ..data.manifest import Record
     from ..faces.types import CropPolicy
+from .options import check_scoring
 from .overlap import count_overlap
 from .scoring import RobustnessRow, SetReport, crop_pipeline, labels_of, report_for_set, score_entries
 
@@ -46,12 +47,7 @@ class SuiteOptions:
     robustness: bool = False
 
     def check(self) -> None:
-        if self.bootstrap < 0:
-            raise MfclipError(f"--bootstrap must be >= 0, got {self.bootstrap}")
-        if self.batch_size < 1:
-            raise MfclipError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise MfclipError(f"--workers must be >= 0, got {self.workers}")
+        check_scoring(self.bootstrap, self.batch_size, self.workers)
 
 
 @dataclass(frozen=True)
