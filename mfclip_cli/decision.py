@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_curve
 
+from .errors import MfclipError
 from .faces.types import CropPolicy
 from .model.metadata import ThresholdRecord
 from .precedence import overlay
@@ -87,6 +88,15 @@ def equal_error_rate(scores: ArrayLike, labels: ArrayLike) -> tuple[float | None
     else:
         threshold = thr[i]
     return float(eer), float(threshold)
+
+
+def threshold_method(target_fpr: float | None, per_source: bool = False) -> str:
+    """The method of :func:`choose_threshold` that a verb's ``--target-fpr`` / ``--fpr-per-source`` ask for."""
+    if target_fpr is None:
+        if per_source:
+            raise MfclipError("--fpr-per-source needs --target-fpr F (the false-positive rate each real source keeps)")
+        return "eer"
+    return "target_fpr_per_source" if per_source else "target_fpr"
 
 
 def choose_threshold(

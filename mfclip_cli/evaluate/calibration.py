@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..decision import choose_threshold
+from ..decision import choose_threshold, threshold_method
 from ..errors import MfclipError
 from ..events import EventHook
 from ..model.metadata import CheckpointMeta, ThresholdRecord
@@ -60,9 +60,9 @@ def calibrate_threshold(root: str, model: MFCLIP, meta: CheckpointMeta, opts: Ev
                           f"{skipped[0].message if skipped else 'none'})")
     scores = score_records(model, entries, opts, device, on_event, "calibration scores")
     labels = labels_of(entries)
-    method = "eer" if opts.target_fpr is None else "target_fpr_per_source" if opts.fpr_per_source else "target_fpr"
     try:
-        _, chosen = choose_threshold(scores, labels, method, opts.target_fpr,
+        _, chosen = choose_threshold(scores, labels, threshold_method(opts.target_fpr, opts.fpr_per_source),
+                                     opts.target_fpr,
                                      sources=[e.record.source for e in entries])
     except ValueError as exc:
         raise MfclipError(f"--calibrate {root}: {exc}") from None

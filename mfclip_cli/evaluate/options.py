@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..data.crops import CropEntry
+from ..decision import threshold_method
 from ..errors import MfclipError
 from ..fsutil import jsonable
 from ..model.metadata import ThresholdRecord
@@ -122,8 +123,7 @@ def check_options(opts: EvalOptions) -> None:
         raise MfclipError("--test-generators only applies with --protocol cross-generator")
     if opts.target_fpr is not None and not opts.calibrate:
         raise MfclipError("--target-fpr chooses the threshold of --calibrate VALROOT; pass --calibrate too")
-    if opts.fpr_per_source and opts.target_fpr is None:
-        raise MfclipError("--fpr-per-source needs --target-fpr F (the false-positive rate each real source keeps)")
+    threshold_method(opts.target_fpr, opts.fpr_per_source)
     if opts.target_fpr is not None and not 0.0 <= opts.target_fpr <= 1.0:
         raise MfclipError(f"--target-fpr must be in [0, 1], got {opts.target_fpr}")
     if opts.calibrated_out and not opts.calibrate:

@@ -21,7 +21,7 @@ from ..data.dataset import CropDataset
 from ..data.manifest import manifest_sha256, write_manifest_csv
 from ..data.protocols import ProtocolSplit, write_split_files
 from ..data.transforms import parity_chain, train_augment
-from ..decision import choose_threshold
+from ..decision import choose_threshold, threshold_method
 from ..errors import MfclipError
 from ..evaluate import report_for_set, score_entries
 from ..fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
@@ -220,13 +220,9 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         judged = _judged(trainer, core)
         val_loss, val_scores, val_labels = _validate(judged, trainer.loss_fn, val_loader, data.val, device)
         set_train_mode(core, opts)
-        if opts.target_fpr is None:
-            thr, thr_info = choose_threshold(val_scores, val_labels, "eer")
-        elif opts.fpr_per_source:
-            thr, thr_info = choose_threshold(val_scores, val_labels, "target_fpr_per_source", opts.target_fpr,
-                                             sources=[e.record.source for e in data.val])
-        else:
-            thr, thr_info = choose_threshold(val_scores, val_labels, "target_fpr", opts.target_fpr)
+        method = threshold_method(opts.target_fpr, opts.fpr_per_source)
+        thr, thr_info = choose_threshold(val_scores, val_labels, method, opts.target_fpr,
+                                         sources=[e.record.source for e in data.val])
         m = binary_metrics(val_scores, val_labels, thr)
         log = EpochLog(epoch=epoch, train_loss=sums["loss"] / max(seen, 1),
                        contrastive_loss=sums["contrastive_loss"] / max(seen, 1),
@@ -235,7 +231,8 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
                        lr=trainer.optimizer.param_groups[0]["lr"], seconds=time.monotonic() - t0,
                        images_per_s=seen / max(train_time, 1e-9))
         # with --weight-average the run's product is the average: epochs before it starts cannot be the best
-        improved = state.record(epoch, asdict(log), val_loss, thr, eligible=trainer.averaged is None or judged is not core)
+        eligible = trainer.averaged is None or judged is not core
+        improved = state.record(epoch, asdict(log), val_loss, thr, eligible=eligible)
         if improved:
             meta = CheckpointMeta(
                 threshold=thr_info, input=input_spec,

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import __version__
 from ..data.transforms import parity_chain, train_augment
+from ..decision import threshold_method
 from ..errors import MfclipError
 from ..events import EventHook, no_event
 from ..fsutil import atomic_write_json, jsonable
@@ -49,8 +50,7 @@ def run_training(opts: TrainOptions, *, on_event: EventHook = no_event, resume: 
         raise MfclipError(f"unknown --weight-average {opts.weight_average!r}; valid: {', '.join(WEIGHT_AVERAGES)}")
     if opts.target_fpr is not None and not 0.0 < opts.target_fpr < 1.0:
         raise MfclipError(f"--target-fpr must be between 0 and 1, got {opts.target_fpr}")
-    if opts.fpr_per_source and opts.target_fpr is None:
-        raise MfclipError("--fpr-per-source needs --target-fpr F (the false-positive rate each real source keeps)")
+    threshold_method(opts.target_fpr, opts.fpr_per_source)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     if not resume and process_rank() == 0:  # under torchrun rank 0 alone writes; the others would see its file
