@@ -35,12 +35,6 @@ def val_scores(ckpt: Path, run: Path, workers: int) -> tuple[np.ndarray, list]:
     return score_entries(model, entries, workers=workers), entries
 
 
-def per_source_threshold(scores: np.ndarray, sources: list[str], fpr: float) -> float:
-    """The lowest threshold at which no source's share of flagged reals exceeds ``fpr``."""
-    return float(max(np.quantile(scores[[s == src for s in sources]], 1 - fpr, method="higher")
-                     for src in sorted(set(sources))))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path)
@@ -50,6 +44,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    from mfclip_cli.decision import choose_threshold, threshold_method
     from mfclip_cli.evaluate import SuiteOptions, run_suite
 
     scores, entries = val_scores(args.checkpoint, args.run, args.workers)
@@ -62,9 +57,11 @@ def main() -> None:
         for e, sc in zip(s.entries, s.scores, strict=True):
             groups.setdefault(f"{'real' if e.record.y == 0 else 'fake'}:{e.record.source}", []).append(float(sc))
     rows = []
+    zeros = np.zeros(len(rs), dtype=int)
     for fpr in args.fpr:
-        for rule, thr in (("pooled", float(np.quantile(rs, 1 - fpr, method="higher"))),
-                          ("per-source", per_source_threshold(rs, srcs, fpr))):
+        # the rules `--target-fpr F` and `--target-fpr F --fpr-per-source` apply (mfclip_cli.decision)
+        for rule, per_source in (("pooled", False), ("per-source", True)):
+            thr, _ = choose_threshold(rs, zeros, threshold_method(fpr, per_source), fpr, sources=srcs)
             val_acc = {src: float(np.mean(rs[[s == src for s in srcs]] < thr)) for src in sorted(set(srcs))}
             ext = {k: float(np.mean(np.array(v) < thr) if k.startswith("real") else np.mean(np.array(v) >= thr))
                    for k, v in sorted(groups.items())}
