@@ -77,6 +77,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3", "--seed", "1"]),
     "G-seed2": ("G with seed 2: the spread of the shipped recipe over three seeds",
                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi", "--epochs", "3", "--seed", "2"]),
+    "M-G-sbi-soft": (("G with self-blends whose pasted copy is only softened, never sharpened: half of G's "
+                      "pseudo-fakes teach 'a sharper inner face is fake', and sharper CelebA reals score more fake "
+                      "(benchmarks/cues.py, Spearman 0.28), while CelebA-HQ reals are super-resolved"),
+                     [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi-soft", "--epochs", "3"]),
+    "M-seed1": ("M with seed 1",
+                [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi-soft", "--epochs", "3", "--seed", "1"]),
 }
 
 

@@ -137,7 +137,7 @@ def train(
     balance: Annotated[str, typer.Option(help="Training sampler: none | sources (each class half the draws; sources weighted by the square root of their size).")] = "none",
     target_fpr: Annotated[float | None, typer.Option("--target-fpr", help="Choose the threshold for this false-positive rate on the validation reals (default: EER).")] = None,
     fpr_per_source: Annotated[bool, typer.Option("--fpr-per-source", help="With --target-fpr F: no real source of the validation set is flagged more than F (the highest of the sources' thresholds), not only all reals pooled.")] = False,
-    pseudo_fakes: Annotated[str, typer.Option(help="none, or kinds joined by '+', each adding a quarter of the training reals as fakes: sbi (self-blended) | swap (another real's inner face pasted in) | ae (reconstructed by an autoencoder trained on the reals), e.g. sbi+swap.")] = "none",
+    pseudo_fakes: Annotated[str, typer.Option(help="none, or kinds joined by '+', each adding a quarter of the training reals as fakes: sbi (self-blended) | sbi-soft (self-blended, the pasted copy only softened, never sharpened) | swap (another real's inner face pasted in) | ae (reconstructed by an autoencoder trained on the reals), e.g. sbi+swap.")] = "none",
     weight_average: Annotated[str, typer.Option(help="Weights validated and saved: off (the optimizer's) | swa (equal average of the weights after every step from the second epoch on) | ema (moving average, decay 0.995, same start).")] = "off",
     test_frac: Annotated[float, typer.Option(help="in-domain / cross-generator / cross-forgery: share of groups held out for test.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,

@@ -128,6 +128,28 @@ def test_self_blend_changes_the_inner_face_and_leaves_the_corners(read_crop, fac
     assert np.array_equal(out, blend(crop, np.random.default_rng(3)))
 
 
+def test_soft_self_blend_never_sharpens_the_pasted_face(read_crop, face_paths):
+    import cv2
+
+    crop = read_crop(face_paths["real/london_faceset"][2])
+    points = tuple(map(tuple, template_in_crop(POLICY).tolist()))
+    soft, sharp, half = (SelfBlend(points, p_sharpen=p) for p in (0.0, 1.0, 0.5))
+
+    def detail(img):  # high-frequency energy between the eyes and the mouth
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        return float(np.abs(cv2.Laplacian(grey, cv2.CV_32F))[95:135, 90:135].mean())
+
+    sharpened = 0
+    for seed in range(10):  # same draws (colour, shift, mask) apart from the softened or sharpened copy
+        a, b = soft(crop, np.random.default_rng(seed)), sharp(crop, np.random.default_rng(seed))
+        assert detail(a) < 0.9 * detail(b)
+        # the default draws one or the other from the same random values
+        c = half(crop, np.random.default_rng(seed))
+        assert np.array_equal(c, a) or np.array_equal(c, b)
+        sharpened += int(np.array_equal(c, b))
+    assert 0 < sharpened < 10
+
+
 def test_dataset_blends_only_the_entries_from_blend_from(read_crop, face_paths, tmp_path):
     import cv2
 
@@ -347,7 +369,8 @@ def test_pseudo_fake_kinds_parse_plus_joined_names():
 
     assert pseudo_fake_kinds("none") == ()
     assert pseudo_fake_kinds("sbi+swap+ae") == ("sbi", "swap", "ae")
-    for bad in ("sbi+sbi", "gan", "sbi+", ""):
+    assert pseudo_fake_kinds("sbi-soft+swap") == ("sbi-soft", "swap")
+    for bad in ("sbi+sbi", "gan", "sbi+", "", "sbi+sbi-soft"):
         with pytest.raises(MfclipError, match="pseudo-fakes"):
             pseudo_fake_kinds(bad)
 

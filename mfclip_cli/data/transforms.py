@@ -198,6 +198,7 @@ class SelfBlend:
     zoom: tuple[float, float] = (0.95, 1.05)
     mask_sigma: tuple[float, float] = (2.0, 9.0)
     alpha: tuple[float, float] = (0.5, 1.0)
+    p_sharpen: float = 0.5  # share of altered copies sharpened rather than softened (0: "sbi-soft")
 
     def __call__(self, crop: np.ndarray, rng: np.random.Generator, donor: np.ndarray | None = None) -> np.ndarray:
         """The blended crop. ``donor``: another real face's aligned crop (same size) whose inner face is pasted
@@ -220,7 +221,8 @@ class SelfBlend:
         src = np.clip(src.astype(np.float32) * gains + offset, 0, 255)
         sigma = 0.4 + 1.2 * v[4]
         soft = cv2.GaussianBlur(src, (0, 0), sigma)
-        src = soft if v[5] < 0.5 else np.clip(src + (src - soft) * (0.5 + v[6]), 0, 255)
+        sharpen = v[5] >= 1.0 - self.p_sharpen
+        src = np.clip(src + (src - soft) * (0.5 + v[6]), 0, 255) if sharpen else soft
         z = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * v[7]
         dx, dy = (v[8] - 0.5) * 2 * self.shift * size, (v[9] - 0.5) * 2 * self.shift * size
         m = cv2.getRotationMatrix2D((size / 2, size / 2), 0.0, z)

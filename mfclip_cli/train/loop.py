@@ -319,18 +319,19 @@ def _training_set(opts: TrainOptions, cfg, data: _Data, policy, parity, run_dir:
     kinds = pseudo_fake_kinds(opts.pseudo_fakes)
     reals = [e for e in data.train if e.record.y == 0]
     blend, blend_from, donors, autoencoder, recon_from = None, None, {}, None, None
-    if "sbi" in kinds or "swap" in kinds:
+    soft = "sbi-soft" in kinds  # self-blends (and swaps) whose pasted copy is softened, never sharpened
+    if {"sbi", "sbi-soft", "swap"} & set(kinds):
         from ..data.transforms import SelfBlend
         from ..faces import template_in_crop
 
         blend_from = len(data.train)
-        if "sbi" in kinds:
+        if "sbi" in kinds or soft:
             data.train = data.train + self_blended_entries(reals, opts.seed)
         if "swap" in kinds:
             swaps, swap_donors = swap_blended_entries(reals, opts.seed)
             donors = {len(data.train) + k: d for k, d in enumerate(swap_donors)}
             data.train = data.train + swaps
-        blend = SelfBlend(tuple(map(tuple, template_in_crop(policy).tolist())))
+        blend = SelfBlend(tuple(map(tuple, template_in_crop(policy).tolist())), p_sharpen=0.0 if soft else 0.5)
     if "ae" in kinds:
         autoencoder = autoencoder_for(run_dir, reals, opts.seed, callback)
         recon_from = len(data.train)

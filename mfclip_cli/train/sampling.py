@@ -12,7 +12,7 @@ from ..data.crops import CropEntry
 from ..errors import MfclipError
 from .options import Callback
 
-PSEUDO_FAKE_KINDS = ("sbi", "swap", "ae")
+PSEUDO_FAKE_KINDS = ("sbi", "sbi-soft", "swap", "ae")
 SBI_SHARE = 0.25  # self-blended pseudo-fakes per training real
 SWAP_SHARE = 0.25  # swap-blended pseudo-fakes per training real
 AE_SHARE = 0.25  # autoencoder reconstructions per training real
@@ -25,9 +25,10 @@ def pseudo_fake_kinds(name: str) -> tuple[str, ...]:
         return ()
     kinds = tuple(k.strip() for k in name.split("+"))
     bad = [k for k in kinds if k not in PSEUDO_FAKE_KINDS]
-    if bad or len(set(kinds)) != len(kinds):
+    if bad or len(set(kinds)) != len(kinds) or {"sbi", "sbi-soft"} <= set(kinds):
         raise MfclipError(f"unknown --pseudo-fakes {name!r}; valid: none, or any of "
-                          f"{', '.join(PSEUDO_FAKE_KINDS)} joined by '+' (e.g. sbi+swap)")
+                          f"{', '.join(PSEUDO_FAKE_KINDS)} joined by '+' (e.g. sbi+swap; "
+                          "sbi and sbi-soft exclude each other)")
     return kinds
 
 
