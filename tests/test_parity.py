@@ -59,8 +59,30 @@ def test_parity_chain_draws_the_same_for_the_same_generator_state():
 
 def test_parity_chain_names():
     assert parity_chain("off") is None and isinstance(parity_chain("on"), ParityChain)
-    with pytest.raises(MfclipError, match="valid: off, on"):
+    assert parity_chain("on").p_sharpen == 0.0 and parity_chain("sharp").p_sharpen == 0.3
+    with pytest.raises(MfclipError, match="valid: off, on, sharp"):
         parity_chain("maybe")
+
+
+def test_sharpening_chain_sharpens_its_share_and_leaves_the_rest_as_on_would(read_crop, face_paths):
+    import cv2
+
+    img = read_crop(face_paths["real/london_faceset"][2])
+    plain = ParityChain(p_suite=0.0, p_jpeg=0.0, p_grey=0.0, face_px=(400.0, 400.0))
+    sharp = ParityChain(p_suite=0.0, p_jpeg=0.0, p_grey=0.0, face_px=(400.0, 400.0), p_sharpen=0.3)
+
+    def detail(x):
+        return float(np.abs(cv2.Laplacian(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), cv2.CV_32F)).mean())
+
+    base, sharpened = detail(img), 0
+    for k in range(40):
+        out, _ = sharp(img, 200.0, np.random.default_rng(k))
+        a, _ = plain(img, 200.0, np.random.default_rng(k))
+        assert np.array_equal(a, img)  # no resize, no JPEG: "on" hands the image back
+        if not np.array_equal(out, img):
+            assert detail(out) > 1.15 * base
+            sharpened += 1
+    assert 5 <= sharpened <= 20  # about 30 % of 40
 
 
 def test_recut_keeps_the_framing_of_the_cached_crop(face_paths, tmp_path):

@@ -125,6 +125,15 @@ def train_augment(name: str) -> TrainAugment:
     raise MfclipError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}")
 
 
+def _unsharp(img: np.ndarray, sharpen: tuple[float, float] | None) -> np.ndarray:
+    """``img`` unsharp-masked with (sigma, amount), or as it is for None."""
+    if sharpen is None:
+        return img
+    sigma, amount = sharpen
+    soft = cv2.GaussianBlur(img, (0, 0), sigma).astype(np.float32)
+    return np.clip(np.rint(img.astype(np.float32) + (img.astype(np.float32) - soft) * amount), 0, 255).astype(np.uint8)
+
+
 @dataclass(frozen=True)
 class ParityChain:
     """One random resize -> JPEG history per training image, drawn alike for real and fake files.
@@ -134,7 +143,10 @@ class ParityChain:
     either put through exactly the external suite's protocol (``p_suite``: resized to 256x256 with
     INTER_AREA, JPEG q90) or resized so that its face box's longer side is a size drawn log-uniformly from
     ``face_px`` (never enlarged: upsampling adds no detail) and, with ``p_jpeg``, JPEG re-encoded at a
-    quality drawn from ``jpeg``; before either, ``p_grey`` of the images lose their colour. Every call draws the same number of values whatever is applied.
+    quality drawn from ``jpeg``; before either, ``p_grey`` of the images lose their colour. With ``p_sharpen``
+    (0 in "on", 0.3 in "sharp"), the resized image is unsharp-masked before its JPEG step, as phone pipelines
+    and upscalers do, so that a sharpened look is as common among reals as among fakes. Every call of one
+    chain draws the same number of values whatever is applied.
     """
 
     p_suite: float = 0.25
@@ -146,9 +158,12 @@ class ParityChain:
     # black-and-white photos are unevenly spread over the pool's sources; greying a share of every class
     # leaves colour no say in the verdict
     p_grey: float = 0.08
+    p_sharpen: float = 0.0
+    sharpen_sigma: tuple[float, float] = (0.5, 1.5)
+    sharpen_amount: tuple[float, float] = (0.3, 1.5)
 
     def __post_init__(self) -> None:
-        for name in ("p_suite", "p_jpeg", "p_grey"):
+        for name in ("p_suite", "p_jpeg", "p_grey", "p_sharpen"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
@@ -169,14 +184,21 @@ class ParityChain:
             img = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
         target = float(np.exp(rng.uniform(np.log(self.face_px[0]), np.log(self.face_px[1]))))
         quality = int(rng.integers(self.jpeg[0], self.jpeg[1] + 1))
+        sharpen = None
+        if self.p_sharpen > 0:  # drawn only by sharpening chains, so "on" keeps its draws
+            v = rng.random(3)
+            if v[0] < self.p_sharpen:
+                sharpen = (self.sharpen_sigma[0] + (self.sharpen_sigma[1] - self.sharpen_sigma[0]) * v[1],
+                           self.sharpen_amount[0] + (self.sharpen_amount[1] - self.sharpen_amount[0]) * v[2])
         h, w = img.shape[:2]
         if u[0] < self.p_suite:
             side = self.suite_side
-            out = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+            out = _unsharp(cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA), sharpen)
             return jpeg_roundtrip(out, self.suite_quality), (side / w, side / h)
         scale = min(1.0, target / max(face_side, 1.0))
         new = (max(1, round(w * scale)), max(1, round(h * scale)))
         out = img if new == (w, h) else cv2.resize(img, new, interpolation=cv2.INTER_AREA)
+        out = _unsharp(out, sharpen)
         if u[1] < self.p_jpeg:
             out = jpeg_roundtrip(out, quality)
         return (out.copy() if out is img else out), (new[0] / w, new[1] / h)
@@ -255,15 +277,18 @@ class SelfBlend:
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-PARITY_CHAINS = ("off", "on")
+PARITY_CHAINS = ("off", "on", "sharp")
 
 
 def parity_chain(name: str) -> ParityChain | None:
-    """The named parity pipeline: "off" (crops as cut from the files) or "on" (:class:`ParityChain`)."""
+    """The named parity pipeline: "off" (crops as cut from the files), "on" (:class:`ParityChain`) or "sharp"
+    ("on" with 30 % of the images unsharp-masked, reals and fakes alike)."""
     if name == "off":
         return None
     if name == "on":
         return ParityChain()
+    if name == "sharp":
+        return ParityChain(p_sharpen=0.3)
     from ..errors import MfclipError
 
     raise MfclipError(f"unknown parity pipeline {name!r}; valid: {', '.join(PARITY_CHAINS)}")
