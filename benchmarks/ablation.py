@@ -87,6 +87,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                    "after the resize, so a sharpened look is no class cue"),
                   ["--parity", "sharp", "--balance", "sources", "--augment", "light", "--colour-norm", "per-crop",
                    "--pseudo-fakes", "sbi-soft", "--epochs", "3"]),
+    "O-M-retouch": (("M with the retouching parity chain: as N, and a further 20 % of all training images smoothed "
+                     "by an edge-preserving filter (denoisers, beauty filters, restoration networks such as "
+                     "CelebA-HQ's), so an airbrushed look is no class cue either"),
+                    ["--parity", "retouch", "--balance", "sources", "--augment", "light", "--colour-norm",
+                     "per-crop", "--pseudo-fakes", "sbi-soft", "--epochs", "3"]),
 }
 
 

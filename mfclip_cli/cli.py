@@ -133,7 +133,7 @@ def train(
     max_steps: Annotated[int | None, typer.Option(help="At most this many optimizer steps per epoch (quick runs).")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the test sets' AUC 95% CI (0 = off).")] = 200,
     augment: Annotated[str, typer.Option(help="Training augmentation: default | strong (re-draws JPEG quality and sharpness for most images) | light (flip, some blur; for --parity on).")] = "default",
-    parity: Annotated[str, typer.Option(help="off | on: every training image, real or fake, gets a resize -> JPEG history drawn from one distribution (incl. the external suite's 256² q90) before its face is cut | sharp: on, with 30 % of images unsharp-masked after the resize.")] = "off",
+    parity: Annotated[str, typer.Option(help="off | on: every training image, real or fake, gets a resize -> JPEG history drawn from one distribution (incl. the external suite's 256² q90) before its face is cut | sharp: on, with 30 % of images unsharp-masked after the resize | retouch: sharp, with a further 20 % smoothed by an edge-preserving (bilateral) filter.")] = "off",
     balance: Annotated[str, typer.Option(help="Training sampler: none | sources (each class half the draws; sources weighted by the square root of their size).")] = "none",
     target_fpr: Annotated[float | None, typer.Option("--target-fpr", help="Choose the threshold for this false-positive rate on the validation reals (default: EER).")] = None,
     fpr_per_source: Annotated[bool, typer.Option("--fpr-per-source", help="With --target-fpr F: no real source of the validation set is flagged more than F (the highest of the sources' thresholds), not only all reals pooled.")] = False,

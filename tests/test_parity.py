@@ -60,7 +60,8 @@ def test_parity_chain_draws_the_same_for_the_same_generator_state():
 def test_parity_chain_names():
     assert parity_chain("off") is None and isinstance(parity_chain("on"), ParityChain)
     assert parity_chain("on").p_sharpen == 0.0 and parity_chain("sharp").p_sharpen == 0.3
-    with pytest.raises(MfclipError, match="valid: off, on, sharp"):
+    assert (parity_chain("retouch").p_sharpen, parity_chain("retouch").p_smooth) == (0.3, 0.2)
+    with pytest.raises(MfclipError, match="valid: off, on, sharp, retouch"):
         parity_chain("maybe")
 
 
@@ -83,6 +84,30 @@ def test_sharpening_chain_sharpens_its_share_and_leaves_the_rest_as_on_would(rea
             assert detail(out) > 1.15 * base
             sharpened += 1
     assert 5 <= sharpened <= 20  # about 30 % of 40
+
+
+def test_retouching_chain_also_smooths_a_share_and_otherwise_draws_as_sharp(read_crop, face_paths):
+    import cv2
+
+    img = read_crop(face_paths["real/london_faceset"][2])
+    fixed = dict(p_suite=0.0, p_jpeg=0.0, p_grey=0.0, face_px=(400.0, 400.0))
+    sharp, retouch = ParityChain(**fixed, p_sharpen=0.3), ParityChain(**fixed, p_sharpen=0.3, p_smooth=0.2)
+
+    def detail(x):
+        return float(np.abs(cv2.Laplacian(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), cv2.CV_32F)).mean())
+
+    base, smoothed = detail(img), 0
+    for k in range(40):
+        a, _ = sharp(img, 200.0, np.random.default_rng(k))
+        b, _ = retouch(img, 200.0, np.random.default_rng(k))
+        if np.array_equal(a, b):
+            continue
+        assert np.array_equal(a, img)  # only images "sharp" left alone are smoothed
+        assert detail(b) < 0.9 * base
+        smoothed += 1
+    assert 3 <= smoothed <= 15  # about 20 % of 40
+    with pytest.raises(ValueError, match="at most 1"):
+        ParityChain(p_sharpen=0.7, p_smooth=0.5)
 
 
 def test_recut_keeps_the_framing_of_the_cached_crop(face_paths, tmp_path):

@@ -125,13 +125,16 @@ def train_augment(name: str) -> TrainAugment:
     raise MfclipError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}")
 
 
-def _unsharp(img: np.ndarray, sharpen: tuple[float, float] | None) -> np.ndarray:
-    """``img`` unsharp-masked with (sigma, amount), or as it is for None."""
-    if sharpen is None:
+def _retouch(img: np.ndarray, step: tuple[str, float, float] | None) -> np.ndarray:
+    """``img`` unsharp-masked (("sharpen", sigma, amount)), smoothed by an edge-preserving bilateral filter
+    (("smooth", colour sigma, space sigma)), or as it is (None)."""
+    if step is None:
         return img
-    sigma, amount = sharpen
-    soft = cv2.GaussianBlur(img, (0, 0), sigma).astype(np.float32)
-    return np.clip(np.rint(img.astype(np.float32) + (img.astype(np.float32) - soft) * amount), 0, 255).astype(np.uint8)
+    kind, a, b = step
+    if kind == "smooth":
+        return cv2.bilateralFilter(img, 0, a, b)
+    soft = cv2.GaussianBlur(img, (0, 0), a).astype(np.float32)
+    return np.clip(np.rint(img.astype(np.float32) + (img.astype(np.float32) - soft) * b), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -144,9 +147,11 @@ class ParityChain:
     INTER_AREA, JPEG q90) or resized so that its face box's longer side is a size drawn log-uniformly from
     ``face_px`` (never enlarged: upsampling adds no detail) and, with ``p_jpeg``, JPEG re-encoded at a
     quality drawn from ``jpeg``; before either, ``p_grey`` of the images lose their colour. With ``p_sharpen``
-    (0 in "on", 0.3 in "sharp"), the resized image is unsharp-masked before its JPEG step, as phone pipelines
-    and upscalers do, so that a sharpened look is as common among reals as among fakes. Every call of one
-    chain draws the same number of values whatever is applied.
+    (0 in "on", 0.3 in "sharp" and "retouch"), the resized image is unsharp-masked before its JPEG step, as
+    phone pipelines and upscalers do, and with ``p_smooth`` (0.2 in "retouch") it is smoothed by an
+    edge-preserving filter instead, as denoisers, beauty filters and restoration networks do: a sharpened or
+    airbrushed look is then as common among reals as among fakes. Every call of one chain draws the same
+    number of values whatever is applied.
     """
 
     p_suite: float = 0.25
@@ -161,9 +166,14 @@ class ParityChain:
     p_sharpen: float = 0.0
     sharpen_sigma: tuple[float, float] = (0.5, 1.5)
     sharpen_amount: tuple[float, float] = (0.3, 1.5)
+    p_smooth: float = 0.0
+    smooth_colour: tuple[float, float] = (15.0, 50.0)  # bilateral filter's colour sigma (0-255 scale)
+    smooth_space: tuple[float, float] = (1.5, 4.0)  # and its space sigma, pixels of the resized image
 
     def __post_init__(self) -> None:
-        for name in ("p_suite", "p_jpeg", "p_grey", "p_sharpen"):
+        if self.p_sharpen + self.p_smooth > 1.0:
+            raise ValueError(f"p_sharpen + p_smooth must be at most 1, got {self.p_sharpen + self.p_smooth}")
+        for name in ("p_suite", "p_jpeg", "p_grey", "p_sharpen", "p_smooth"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
@@ -184,21 +194,24 @@ class ParityChain:
             img = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
         target = float(np.exp(rng.uniform(np.log(self.face_px[0]), np.log(self.face_px[1]))))
         quality = int(rng.integers(self.jpeg[0], self.jpeg[1] + 1))
-        sharpen = None
-        if self.p_sharpen > 0:  # drawn only by sharpening chains, so "on" keeps its draws
+        step = None
+        if self.p_sharpen + self.p_smooth > 0:  # drawn only by retouching chains, so "on" keeps its draws
             v = rng.random(3)
             if v[0] < self.p_sharpen:
-                sharpen = (self.sharpen_sigma[0] + (self.sharpen_sigma[1] - self.sharpen_sigma[0]) * v[1],
-                           self.sharpen_amount[0] + (self.sharpen_amount[1] - self.sharpen_amount[0]) * v[2])
+                step = ("sharpen", self.sharpen_sigma[0] + (self.sharpen_sigma[1] - self.sharpen_sigma[0]) * v[1],
+                        self.sharpen_amount[0] + (self.sharpen_amount[1] - self.sharpen_amount[0]) * v[2])
+            elif v[0] < self.p_sharpen + self.p_smooth:
+                step = ("smooth", self.smooth_colour[0] + (self.smooth_colour[1] - self.smooth_colour[0]) * v[1],
+                        self.smooth_space[0] + (self.smooth_space[1] - self.smooth_space[0]) * v[2])
         h, w = img.shape[:2]
         if u[0] < self.p_suite:
             side = self.suite_side
-            out = _unsharp(cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA), sharpen)
+            out = _retouch(cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA), step)
             return jpeg_roundtrip(out, self.suite_quality), (side / w, side / h)
         scale = min(1.0, target / max(face_side, 1.0))
         new = (max(1, round(w * scale)), max(1, round(h * scale)))
         out = img if new == (w, h) else cv2.resize(img, new, interpolation=cv2.INTER_AREA)
-        out = _unsharp(out, sharpen)
+        out = _retouch(out, step)
         if u[1] < self.p_jpeg:
             out = jpeg_roundtrip(out, quality)
         return (out.copy() if out is img else out), (new[0] / w, new[1] / h)
@@ -277,18 +290,21 @@ class SelfBlend:
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-PARITY_CHAINS = ("off", "on", "sharp")
+PARITY_CHAINS = ("off", "on", "sharp", "retouch")
 
 
 def parity_chain(name: str) -> ParityChain | None:
-    """The named parity pipeline: "off" (crops as cut from the files), "on" (:class:`ParityChain`) or "sharp"
-    ("on" with 30 % of the images unsharp-masked, reals and fakes alike)."""
+    """The named parity pipeline: "off" (crops as cut from the files), "on" (:class:`ParityChain`), "sharp"
+    ("on" with 30 % of the images unsharp-masked, reals and fakes alike) or "retouch" ("sharp" with a further
+    20 % smoothed by an edge-preserving filter)."""
     if name == "off":
         return None
     if name == "on":
         return ParityChain()
     if name == "sharp":
         return ParityChain(p_sharpen=0.3)
+    if name == "retouch":
+        return ParityChain(p_sharpen=0.3, p_smooth=0.2)
     from ..errors import MfclipError
 
     raise MfclipError(f"unknown parity pipeline {name!r}; valid: {', '.join(PARITY_CHAINS)}")
