@@ -83,6 +83,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                      [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi-soft", "--epochs", "3"]),
     "M-seed1": ("M with seed 1",
                 [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi-soft", "--epochs", "3", "--seed", "1"]),
+    "M-seed2": ("M with seed 2: M against G over the same three seeds",
+                [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi-soft", "--epochs", "3", "--seed", "2"]),
     "N-M-sharp": (("M with the sharpening parity chain: 30 % of all training images, real or fake, unsharp-masked "
                    "after the resize, so a sharpened look is no class cue"),
                   ["--parity", "sharp", "--balance", "sources", "--augment", "light", "--colour-norm", "per-crop",
