@@ -65,45 +65,44 @@ def test_parity_chain_names():
         parity_chain("maybe")
 
 
-def test_sharpening_chain_sharpens_its_share_and_leaves_the_rest_as_on_would(read_crop, face_paths):
+# the chain with no resize, JPEG or greying, so only its retouching step can change an image
+_UNTOUCHED = {"p_suite": 0.0, "p_jpeg": 0.0, "p_grey": 0.0, "face_px": (400.0, 400.0)}
+
+
+def _detail(img: np.ndarray, rows: slice = slice(None), cols: slice = slice(None)) -> float:
+    """Mean absolute Laplacian of the grey image (over ``rows`` x ``cols``): its high-frequency energy."""
     import cv2
 
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return float(np.abs(cv2.Laplacian(grey, cv2.CV_32F))[rows, cols].mean())
+
+
+def test_sharpening_chain_sharpens_its_share_and_leaves_the_rest_as_on_would(read_crop, face_paths):
     img = read_crop(face_paths["real/london_faceset"][2])
-    plain = ParityChain(p_suite=0.0, p_jpeg=0.0, p_grey=0.0, face_px=(400.0, 400.0))
-    sharp = ParityChain(p_suite=0.0, p_jpeg=0.0, p_grey=0.0, face_px=(400.0, 400.0), p_sharpen=0.3)
-
-    def detail(x):
-        return float(np.abs(cv2.Laplacian(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), cv2.CV_32F)).mean())
-
-    base, sharpened = detail(img), 0
+    plain, sharp = ParityChain(**_UNTOUCHED), ParityChain(**_UNTOUCHED, p_sharpen=0.3)
+    base, sharpened = _detail(img), 0
     for k in range(40):
         out, _ = sharp(img, 200.0, np.random.default_rng(k))
         a, _ = plain(img, 200.0, np.random.default_rng(k))
         assert np.array_equal(a, img)  # no resize, no JPEG: "on" hands the image back
         if not np.array_equal(out, img):
-            assert detail(out) > 1.15 * base
+            assert _detail(out) > 1.15 * base
             sharpened += 1
     assert 5 <= sharpened <= 20  # about 30 % of 40
 
 
 def test_retouching_chain_also_smooths_a_share_and_otherwise_draws_as_sharp(read_crop, face_paths):
-    import cv2
-
     img = read_crop(face_paths["real/london_faceset"][2])
-    fixed = dict(p_suite=0.0, p_jpeg=0.0, p_grey=0.0, face_px=(400.0, 400.0))
-    sharp, retouch = ParityChain(**fixed, p_sharpen=0.3), ParityChain(**fixed, p_sharpen=0.3, p_smooth=0.2)
-
-    def detail(x):
-        return float(np.abs(cv2.Laplacian(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), cv2.CV_32F)).mean())
-
-    base, smoothed = detail(img), 0
+    sharp = ParityChain(**_UNTOUCHED, p_sharpen=0.3)
+    retouch = ParityChain(**_UNTOUCHED, p_sharpen=0.3, p_smooth=0.2)
+    base, smoothed = _detail(img), 0
     for k in range(40):
         a, _ = sharp(img, 200.0, np.random.default_rng(k))
         b, _ = retouch(img, 200.0, np.random.default_rng(k))
         if np.array_equal(a, b):
             continue
         assert np.array_equal(a, img)  # only images "sharp" left alone are smoothed
-        assert detail(b) < 0.9 * base
+        assert _detail(b) < 0.9 * base
         smoothed += 1
     assert 3 <= smoothed <= 15  # about 20 % of 40
     with pytest.raises(ValueError, match="at most 1"):
@@ -176,15 +175,12 @@ def test_self_blend_changes_the_inner_face_and_leaves_the_corners(read_crop, fac
 
 
 def test_soft_self_blend_never_sharpens_the_pasted_face(read_crop, face_paths):
-    import cv2
-
     crop = read_crop(face_paths["real/london_faceset"][2])
     points = tuple(map(tuple, template_in_crop(POLICY).tolist()))
     soft, sharp, half = (SelfBlend(points, p_sharpen=p) for p in (0.0, 1.0, 0.5))
 
-    def detail(img):  # high-frequency energy between the eyes and the mouth
-        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        return float(np.abs(cv2.Laplacian(grey, cv2.CV_32F))[95:135, 90:135].mean())
+    def detail(img):  # between the eyes and the mouth
+        return _detail(img, slice(95, 135), slice(90, 135))
 
     sharpened = 0
     for seed in range(10):  # same draws (colour, shift, mask) apart from the softened or sharpened copy
