@@ -133,7 +133,7 @@ def _retouch(img: np.ndarray, step: tuple[str, float, float] | None) -> np.ndarr
     kind, a, b = step
     if kind == "smooth":
         return cv2.bilateralFilter(img, 0, a, b)
-    soft = cv2.GaussianBlur(img, (0, 0), a).astype(np.float32)
+    soft = gaussian_blur(img, a).astype(np.float32)
     return np.clip(np.rint(img.astype(np.float32) + (img.astype(np.float32) - soft) * b), 0, 255).astype(np.uint8)
 
 
