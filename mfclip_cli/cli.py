@@ -139,6 +139,8 @@ def train(
     fpr_per_source: Annotated[bool, typer.Option("--fpr-per-source", help="With --target-fpr F: no real source of the validation set is flagged more than F (the highest of the sources' thresholds), not only all reals pooled.")] = False,
     pseudo_fakes: Annotated[str, typer.Option(help="none, or kinds joined by '+', each adding a quarter of the training reals as fakes: sbi (self-blended) | sbi-soft (self-blended, the pasted copy only softened, never sharpened) | swap (another real's inner face pasted in) | ae (reconstructed by an autoencoder trained on the reals), e.g. sbi+swap.")] = "none",
     weight_average: Annotated[str, typer.Option(help="Weights validated and saved: off (the optimizer's) | swa (equal average of the weights after every step from the second epoch on) | ema (moving average, decay 0.995, same start).")] = "off",
+    teacher: Annotated[list[Path] | None, typer.Option("--teacher", help="Distil from this checkpoint (repeat for several; their P(fake) is averaged). Each must use this run's crop and preprocessing flags.")] = None,
+    distill_weight: Annotated[float, typer.Option(help="With --teacher: share of the classification loss taken from the teachers' P(fake) instead of the labels (0-1).")] = 0.5,
     test_frac: Annotated[float, typer.Option(help="in-domain / cross-generator / cross-forgery: share of groups held out for test.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
@@ -173,7 +175,8 @@ def train(
                 workers=workers, accum=accum, crop=crop, crop_margin=crop_margin, max_steps=max_steps,
                 freeze_image=freeze_image, freeze_text=freeze_text, online=online, run=run, bootstrap=bootstrap,
                 augment=augment, test_frac=test_frac, parity=parity, balance=balance, target_fpr=target_fpr,
-                pseudo_fakes=pseudo_fakes, weight_average=weight_average, fpr_per_source=fpr_per_source)
+                pseudo_fakes=pseudo_fakes, weight_average=weight_average, fpr_per_source=fpr_per_source,
+                teachers=tuple(str(t) for t in teacher or ()), distill_weight=distill_weight)
         from .train_view import TrainView
 
         with TrainView(quiet=quiet, console=Console(), err_console=err_console) as view:

@@ -32,8 +32,10 @@ class MFCLIPLoss(nn.Module):
         super().__init__()
         self.cfg = cfg
 
-    def forward(self, out: dict[str, torch.Tensor], y: torch.Tensor, prompt_ids: Sequence[int] | torch.Tensor
-                ) -> dict[str, torch.Tensor]:
+    def forward(self, out: dict[str, torch.Tensor], y: torch.Tensor, prompt_ids: Sequence[int] | torch.Tensor,
+                teacher_p: torch.Tensor | None = None, teacher_weight: float = 0.0) -> dict[str, torch.Tensor]:
+        """The named terms; with ``teacher_p`` (teachers' P(fake) per sample) the classification term is
+        (1 - teacher_weight) x CE(hard labels) + teacher_weight x CE(teachers' probabilities)."""
         cfg = self.cfg
         pid = torch.as_tensor(prompt_ids, device=y.device)
         targets = multi_positive_targets(pid).to(out["sim"].dtype)
@@ -46,7 +48,15 @@ class MFCLIPLoss(nn.Module):
         kl = F.kl_div(
             F.log_softmax(out["p"].float() / temp, dim=1), F.softmax(t / temp, dim=1), reduction="batchmean"
         ) * temp**2
-        ce = F.cross_entropy(out["logits"].float(), y)
-        total = contrastive + cfg.kl_weight * kl + cfg.ce_weight * ce
+        logits = out["logits"].float()
+        ce = F.cross_entropy(logits, y)
+        classify = ce
+        terms: dict[str, torch.Tensor] = {}
+        if teacher_p is not None:
+            p = teacher_p.detach().float().clamp(0.0, 1.0)
+            distill = soft_cross_entropy(logits, torch.stack([1.0 - p, p], dim=1))
+            classify = (1.0 - teacher_weight) * ce + teacher_weight * distill
+            terms["distill_loss"] = distill.detach()
+        total = contrastive + cfg.kl_weight * kl + cfg.ce_weight * classify
         return {"loss": total, "contrastive_loss": contrastive.detach(), "kl_loss": kl.detach(),
-                "ce_loss": ce.detach()}
+                "ce_loss": ce.detach(), **terms}

@@ -126,6 +126,8 @@ class TrainingRecord:
     steps_per_epoch: int | None = None
     image_init: str | None = None
     freeze_image: bool | None = None
+    teachers: tuple[str, ...] | None = None  # sha256 of each distillation teacher's file (None: no teacher)
+    distill_weight: float | None = None
     best_epoch: int | None = None
     val: dict[str, Any] | None = None  # BinaryMetrics.to_dict() of the best epoch on validation
     val_loss: float | None = None
@@ -139,9 +141,10 @@ class TrainingRecord:
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        out = {k: (list(v) if k == "file_hashes16" and v is not None else v) for k, v in out.items()}
-        # the best-epoch fields exist only once an epoch improved; run fields are written even when null
-        for k in ("best_epoch", "val", "val_loss", "file_hashes16"):
+        out = {k: (list(v) if k in ("file_hashes16", "teachers") and v is not None else v) for k, v in out.items()}
+        # the best-epoch fields exist only once an epoch improved, the distillation fields only with teachers;
+        # the other run fields are written even when null
+        for k in ("best_epoch", "val", "val_loss", "file_hashes16", "teachers", "distill_weight"):
             if out[k] is None:
                 del out[k]
         return {**out, **self.extra}
@@ -150,8 +153,9 @@ class TrainingRecord:
     def from_json(data: dict[str, Any]) -> TrainingRecord:
         known = {f.name for f in fields(TrainingRecord)} - {"extra"}
         kw = {k: v for k, v in data.items() if k in known}
-        if kw.get("file_hashes16") is not None:
-            kw["file_hashes16"] = tuple(kw["file_hashes16"])
+        for k in ("file_hashes16", "teachers"):
+            if kw.get(k) is not None:
+                kw[k] = tuple(kw[k])
         return TrainingRecord(**kw, extra={k: v for k, v in data.items() if k not in known})
 
 

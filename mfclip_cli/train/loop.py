@@ -6,7 +6,7 @@ import csv
 import io
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,7 @@ class _Trainer:
     use_amp: bool
     averaged: AveragedModel | None = None  # --weight-average: the running average of the weights
     average_from: int = 0  # the first epoch whose steps enter the average
+    teachers: list[MFCLIP] = field(default_factory=list)  # --teacher: frozen models distilled into this one
 
 
 AVERAGE_FILE = "average.safetensors"
@@ -157,10 +158,15 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
     chain = parity_chain(opts.parity)
     data = _crops(opts, split, run_dir, policy, chain is not None, main_proc, callback)
     trainer = _trainer(opts, cfg, device)
+    trainer.teachers, teacher_sha = _load_teachers(opts.teachers, policy, cfg.preprocess, device)
     state = RunState()
     last_ckpt, best_ckpt = run_dir / "last.safetensors", run_dir / "best.safetensors"
     if resume and (run_dir / STATE_FILE).is_file() and last_ckpt.is_file():
-        saved, _ = load_checkpoint(last_ckpt)
+        saved, saved_meta = load_checkpoint(last_ckpt)
+        was = saved_meta.training.teachers if saved_meta.training is not None else None
+        if tuple(was or ()) != teacher_sha:
+            raise MfclipError(f"the teacher checkpoints of {run_dir} changed since the run started (sha256 "
+                              f"{list(was or [])} then, {list(teacher_sha)} now): put the same files back")
         trainer.model.load_state_dict(saved.state_dict())
         trainer.model.to(device)
         state = RunState.load(run_dir, trainer.optimizer, trainer.scheduler, trainer.scaler)
@@ -197,6 +203,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         test_frac=opts.test_frac, augment=opts.augment, parity=opts.parity, balance=opts.balance,
         pseudo_fakes=opts.pseudo_fakes, weight_average=opts.weight_average,
         steps_per_epoch=opts.max_steps, image_init=cfg.image_init, freeze_image=opts.freeze_image,
+        teachers=teacher_sha or None, distill_weight=opts.distill_weight if teacher_sha else None,
     )
     input_spec = InputSpec(policy, cfg.preprocess)
     # 64-bit content-hash prefixes of every training/validation file: eval's overlap guard compares with them
@@ -341,6 +348,35 @@ def _training_set(opts: TrainOptions, cfg, data: _Data, policy, parity, run_dir:
                        autoencoder=autoencoder, recon_from=recon_from)
 
 
+def _load_teachers(paths: tuple[str, ...], policy, preprocess, device: str) -> tuple[list[MFCLIP], tuple[str, ...]]:
+    """The frozen teacher models (eval mode, float32) and the sha256 of their files, in the order given.
+
+    A teacher must read faces exactly as the student does (crop policy and preprocessing), since it scores the
+    student's own training inputs; anything else is refused before training starts.
+    """
+    teachers, shas = [], []
+    for p in paths:
+        if not Path(p).is_file():
+            raise MfclipError(f"no teacher checkpoint at {p}")
+        teacher, meta = load_checkpoint(p, device=device)
+        seen = meta.input
+        if seen is None or seen.preprocess != preprocess or seen.crop != policy:
+            raise MfclipError(
+                f"teacher {p} reads faces differently from this run (teacher: "
+                f"{None if seen is None else seen.to_json()}; run: {InputSpec(policy, preprocess).to_json()}); "
+                "train the student with the teacher's crop and preprocessing flags")
+        teacher.float().eval().requires_grad_(False)
+        teachers.append(teacher)
+        shas.append(meta.sha256)
+    return teachers, tuple(shas)
+
+
+@torch.no_grad()
+def _teacher_p(teachers: list[MFCLIP], image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The teachers' mean P(fake) per sample."""
+    return torch.stack([t.predict_proba(image, noise).float() for t in teachers]).mean(dim=0)
+
+
 def _train_epoch(opts: TrainOptions, trainer: _Trainer, loader: DataLoader, entries: list[CropEntry], epoch: int,
                  device: str, callback: Callback) -> tuple[dict[str, float], int]:
     """One pass over the loader (at most ``--max-steps`` optimizer steps): summed loss terms, images seen."""
@@ -356,8 +392,10 @@ def _train_epoch(opts: TrainOptions, trainer: _Trainer, loader: DataLoader, entr
         lbl = [entries[i].record.label for i in idx.tolist()]
         image, noise, y = image.to(device, non_blocking=True), noise.to(device, non_blocking=True), y.to(device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=trainer.use_amp):
+            teacher_p = _teacher_p(trainer.teachers, image, noise) if trainer.teachers else None
             out = model(image, noise, lbl)
-            terms = trainer.loss_fn(out, y, _prompt_ids(unwrap(model), lbl))
+            terms = trainer.loss_fn(out, y, _prompt_ids(unwrap(model), lbl), teacher_p=teacher_p,
+                                    teacher_weight=opts.distill_weight)
         loss = terms["loss"] / opts.accum
         if not torch.isfinite(terms["loss"]):
             raise MfclipError(f"training diverged at epoch {epoch} batch {b} (loss {float(terms['loss'])}); "

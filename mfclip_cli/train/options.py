@@ -55,10 +55,14 @@ class TrainOptions:
     # the weights that are validated and saved: off (the optimizer's) | swa (equal average after every step from
     # the second pass on) | ema (exponential moving average, same start)
     weight_average: str = "off"
+    # knowledge distillation: checkpoints whose mean P(fake) on each training input, as the student sees it, takes
+    # ``distill_weight`` of the classification loss's share from the hard labels (they must read faces alike)
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("test_generators", "train_generators"):
+        for k in ("test_generators", "train_generators", "teachers"):
             if d[k] is not None:
                 d[k] = list(d[k])
         return d
@@ -66,7 +70,7 @@ class TrainOptions:
     @staticmethod
     def from_dict(d: dict[str, Any]) -> TrainOptions:
         d = dict(d)
-        for k in ("test_generators", "train_generators"):
+        for k in ("test_generators", "train_generators", "teachers"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return TrainOptions(**d)

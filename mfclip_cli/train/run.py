@@ -48,6 +48,11 @@ def run_training(opts: TrainOptions, *, on_event: EventHook = no_event, resume: 
         raise MfclipError(f"unknown --balance {opts.balance!r}; valid: {', '.join(BALANCES)}")
     if opts.weight_average not in WEIGHT_AVERAGES:
         raise MfclipError(f"unknown --weight-average {opts.weight_average!r}; valid: {', '.join(WEIGHT_AVERAGES)}")
+    if not 0.0 <= opts.distill_weight <= 1.0:
+        raise MfclipError(f"--distill-weight must be between 0 and 1, got {opts.distill_weight}")
+    missing = [t for t in opts.teachers if not Path(t).is_file()]
+    if missing:
+        raise MfclipError(f"no teacher checkpoint at {', '.join(missing)} (--teacher takes .safetensors files)")
     if opts.target_fpr is not None and not 0.0 < opts.target_fpr < 1.0:
         raise MfclipError(f"--target-fpr must be between 0 and 1, got {opts.target_fpr}")
     threshold_method(opts.target_fpr, opts.fpr_per_source)
