@@ -94,6 +94,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                      "CelebA-HQ's), so an airbrushed look is no class cue either"),
                     ["--parity", "retouch", "--balance", "sources", "--augment", "light", "--colour-norm",
                      "per-crop", "--pseudo-fakes", "sbi-soft", "--epochs", "3"]),
+    "P-M-distill": (("M distilled from three models (G seed 0, the shipped file until now; M seeds 0 and 1): "
+                     "half of the classification loss follows their mean P(fake) on each training input, to take "
+                     "the seed lottery out at one model's scan cost (teachers: run M-seed1 first; runs/teachers/"
+                     "G-seed0.safetensors is `git show c693b6e:weights/mfclip_default.safetensors`)"),
+                    [*PARITY, "--colour-norm", "per-crop", "--pseudo-fakes", "sbi-soft", "--epochs", "3",
+                     "--teacher", "runs/teachers/G-seed0.safetensors", "--teacher", "runs/default/best.safetensors",
+                     "--teacher", "runs/ablation/M-seed1/best.safetensors"]),
 }
 
 
