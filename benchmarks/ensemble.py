@@ -37,7 +37,7 @@ def checkpoint_of(arg: str) -> Path:
 
 
 def member_scores(ck: Path, suite: Path, workers: int) -> tuple[float, dict[str, dict]]:
-    """(threshold, {set: {"scores": {crop sha: P(fake)}, "key": {sha: 'real:src' | 'fake:gen'}, "auc": ...}})."""
+    """(threshold, {set: {"scores": {crop sha: P(fake)}, "key": {sha: 'real:src' | 'fake:gen'}}})."""
     from mfclip_cli.evaluate import SuiteOptions, run_suite
 
     res = run_suite(SuiteOptions(str(ck), str(suite), bootstrap=0, seed=0, workers=workers))
@@ -48,7 +48,7 @@ def member_scores(ck: Path, suite: Path, workers: int) -> tuple[float, dict[str,
         keys = {e.sha256: (f"real:{e.record.source}" if e.record.y == 0 else f"fake:{e.record.generator}")
                 for e in s.entries}
         out[s.name] = {"scores": {e.sha256: float(v) for e, v in zip(s.entries, s.scores, strict=True)},
-                       "key": keys, "auc": s.auc}
+                       "key": keys}
     return float(res.threshold), out
 
 

@@ -355,9 +355,7 @@ def _load_teachers(paths: tuple[str, ...], policy, preprocess, device: str) -> t
     student's own training inputs; anything else is refused before training starts.
     """
     teachers, shas = [], []
-    for p in paths:
-        if not Path(p).is_file():
-            raise MfclipError(f"no teacher checkpoint at {p}")
+    for p in paths:  # run_training has already refused missing files
         teacher, meta = load_checkpoint(p, device=device)
         seen = meta.input
         if seen is None or seen.preprocess != preprocess or seen.crop != policy:
