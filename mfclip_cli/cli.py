@@ -141,6 +141,7 @@ def train(
     weight_average: Annotated[str, typer.Option(help="Weights validated and saved: off (the optimizer's) | swa (equal average of the weights after every step from the second epoch on) | ema (moving average, decay 0.995, same start).")] = "off",
     teacher: Annotated[list[Path] | None, typer.Option("--teacher", help="Distil from this checkpoint (repeat for several; their P(fake) is averaged). Each must use this run's crop and preprocessing flags.")] = None,
     distill_weight: Annotated[float, typer.Option(help="With --teacher: share of the classification loss taken from the teachers' P(fake) instead of the labels (0-1).")] = 0.5,
+    train_fakes: Annotated[str, typer.Option(help="Fakes trained on: all | pseudo (only the --pseudo-fakes made from the training reals; the dataset's own fakes are kept for validation and test, so nothing of their sources' framing or content can be learned).")] = "all",
     test_frac: Annotated[float, typer.Option(help="in-domain / cross-generator / cross-forgery: share of groups held out for test.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed (recorded).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]")] = "auto",
@@ -176,7 +177,8 @@ def train(
                 freeze_image=freeze_image, freeze_text=freeze_text, online=online, run=run, bootstrap=bootstrap,
                 augment=augment, test_frac=test_frac, parity=parity, balance=balance, target_fpr=target_fpr,
                 pseudo_fakes=pseudo_fakes, weight_average=weight_average, fpr_per_source=fpr_per_source,
-                teachers=tuple(str(t) for t in teacher or ()), distill_weight=distill_weight)
+                teachers=tuple(str(t) for t in teacher or ()), distill_weight=distill_weight,
+                train_fakes=train_fakes)
         from .train_view import TrainView
 
         with TrainView(quiet=quiet, console=Console(), err_console=err_console) as view:

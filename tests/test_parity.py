@@ -3,7 +3,10 @@ pseudo-fakes, NPR residuals and a threshold chosen for a false-positive rate."""
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -242,8 +245,6 @@ def _small_pool(face_paths, data: Path) -> Path:
 
 @pytest.mark.slow
 def test_training_with_fpr_per_source_records_the_binding_real_source(face_paths, tmp_path, train_cache):
-    import csv
-
     data = _small_pool(face_paths, tmp_path / "data")
     opts = TrainOptions(data=str(data), out=str(tmp_path / "run"), preset="tiny", device="cpu", workers=0,
                         epochs=1, batch_size=8, val_frac=0.4, test_frac=0.2, target_fpr=0.25, fpr_per_source=True,
@@ -279,6 +280,44 @@ def test_training_with_parity_balance_sbi_and_target_fpr_records_them(face_paths
     assert (Path(result.run_dir) / "autoencoder.safetensors").is_file()  # kept for --resume
     records = read_dataset(str(data), "auto")
     assert len(records) == 24
+
+
+@pytest.mark.slow
+def test_train_fakes_pseudo_trains_on_reals_and_self_blends_and_keeps_the_fakes_for_validation_and_test(
+        face_paths, tmp_path, train_cache):
+    data = _small_pool(face_paths, tmp_path / "data")
+    seen: list[dict] = []
+    opts = TrainOptions(
+        data=str(data), out=str(tmp_path / "run"), preset="tiny", device="cpu", workers=0, epochs=1,
+        batch_size=8, val_frac=0.3, test_frac=0.2, parity="on", balance="sources", pseudo_fakes="sbi-soft",
+        train_fakes="pseudo", target_fpr=0.25, augment="light", bootstrap=0)
+    [result] = run_training(opts, on_event=lambda ev, payload: seen.append(payload) if ev == "data" else None).runs
+    run = Path(result.run_dir)
+
+    def labels(name: str) -> list[str]:
+        with (run / name).open(newline="") as fh:
+            return [row["label"] for row in csv.DictReader(fh)]
+
+    train, val = labels("train.csv"), labels("val.csv")
+    assert train and set(train) == {"real"}, "the dataset's fakes are not listed for training"
+    assert {"real", "fake"} <= set(val), "validation keeps the dataset's fakes"
+    assert seen[0]["train"] == len(train)
+    meta = read_checkpoint_meta(result.best_checkpoint)
+    assert meta.training.train_fakes == "pseudo"
+    assert "self-blended" in meta.taxonomy.generators
+    # the held-out test set still holds the dataset's fakes and reports an AUC on them
+    [test] = json.loads((run / "test_metrics.json").read_text()).values()
+    overall = next(row for row in test["rows"] if row["group_by"] == "all")
+    assert overall["n_fake"] > 0 and 0.0 <= overall["auc"] <= 1.0
+    # an ordinary run's record does not carry the field at all
+    assert "train_fakes" not in replace(meta.training, train_fakes=None).to_json()
+
+
+def test_train_fakes_pseudo_without_pseudo_fakes_is_refused_before_anything_is_written(tmp_path):
+    for bad, message in (({"train_fakes": "pseudo"}, "--pseudo-fakes"), ({"train_fakes": "x"}, "--train-fakes")):
+        with pytest.raises(MfclipError, match=message):
+            run_training(TrainOptions(data=str(tmp_path), out=str(tmp_path / "run"), **bad))
+        assert not (tmp_path / "run" / "config.json").exists()
 
 
 def test_unknown_training_choices_fail_before_anything_is_written(tmp_path):

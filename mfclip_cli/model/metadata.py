@@ -128,6 +128,7 @@ class TrainingRecord:
     freeze_image: bool | None = None
     teachers: tuple[str, ...] | None = None  # sha256 of each distillation teacher's file (None: no teacher)
     distill_weight: float | None = None
+    train_fakes: str | None = None  # "pseudo": the dataset's fakes were held out of training (None: all)
     best_epoch: int | None = None
     val: dict[str, Any] | None = None  # BinaryMetrics.to_dict() of the best epoch on validation
     val_loss: float | None = None
@@ -142,9 +143,9 @@ class TrainingRecord:
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out = {k: (list(v) if k in ("file_hashes16", "teachers") and v is not None else v) for k, v in out.items()}
-        # the best-epoch fields exist only once an epoch improved, the distillation fields only with teachers;
-        # the other run fields are written even when null
-        for k in ("best_epoch", "val", "val_loss", "file_hashes16", "teachers", "distill_weight"):
+        # the best-epoch fields exist only once an epoch improved, the distillation fields only with teachers,
+        # train_fakes only when the dataset's fakes were held out; the other run fields are written even when null
+        for k in ("best_epoch", "val", "val_loss", "file_hashes16", "teachers", "distill_weight", "train_fakes"):
             if out[k] is None:
                 del out[k]
         return {**out, **self.extra}

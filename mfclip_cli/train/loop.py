@@ -6,7 +6,7 @@ import csv
 import io
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,8 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
     cfg = model_config_for(opts)
     policy = crop_policy_for(opts, cfg.preprocess.size)
     chain = parity_chain(opts.parity)
+    if opts.train_fakes == "pseudo":  # the dataset's fakes are neither cropped for nor listed in training
+        split = replace(split, train=[r for r in split.train if r.y == 0])
     data = _crops(opts, split, run_dir, policy, chain is not None, main_proc, callback)
     trainer = _trainer(opts, cfg, device)
     trainer.teachers, teacher_sha = _load_teachers(opts.teachers, policy, cfg.preprocess, device)
@@ -204,6 +206,7 @@ def train_one(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, *, resume
         pseudo_fakes=opts.pseudo_fakes, weight_average=opts.weight_average,
         steps_per_epoch=opts.max_steps, image_init=cfg.image_init, freeze_image=opts.freeze_image,
         teachers=teacher_sha or None, distill_weight=opts.distill_weight if teacher_sha else None,
+        train_fakes=opts.train_fakes if opts.train_fakes != "all" else None,
     )
     input_spec = InputSpec(policy, cfg.preprocess)
     # 64-bit content-hash prefixes of every training/validation file: eval's overlap guard compares with them
@@ -296,7 +299,8 @@ def _crops(opts: TrainOptions, split: ProtocolSplit, run_dir: Path, policy, geom
         _write_skipped(run_dir / "skipped.csv", skipped)
     callback("data", {"train": len(data.train), "val": len(data.val),
                       "tests": {k: len(v) for k, v in data.tests.items()}, "skipped": len(skipped)})
-    if len({e.record.y for e in data.train}) < 2 or len({e.record.y for e in data.val}) < 2:
+    train_classes = {e.record.y for e in data.train} | ({1} if opts.train_fakes == "pseudo" else set())
+    if len(train_classes) < 2 or len({e.record.y for e in data.val}) < 2:
         raise MfclipError("after cropping, train or validation lacks one class; see skipped.csv in the run folder")
     return data
 

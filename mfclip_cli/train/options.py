@@ -59,6 +59,9 @@ class TrainOptions:
     # ``distill_weight`` of the classification loss's share from the hard labels (they must read faces alike)
     teachers: tuple[str, ...] = ()
     distill_weight: float = 0.5
+    # the fakes trained on: all (the dataset's and the pseudo-fakes) | pseudo (only the pseudo-fakes made from the
+    # training reals; the dataset's fakes stay in validation and test)
+    train_fakes: str = "all"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -110,3 +113,4 @@ no_callback = no_event
 
 BALANCES = ("none", "sources")
 WEIGHT_AVERAGES = ("off", "swa", "ema")
+TRAIN_FAKES = ("all", "pseudo")

@@ -16,7 +16,7 @@ from ..errors import MfclipError
 from ..events import EventHook, no_event
 from ..fsutil import atomic_write_json, jsonable
 from .loop import train_one
-from .options import BALANCES, WEIGHT_AVERAGES, TrainOptions, TrainResult
+from .options import BALANCES, TRAIN_FAKES, WEIGHT_AVERAGES, TrainOptions, TrainResult
 from .sampling import pseudo_fake_kinds
 from .setup import model_config_for, process_rank, resolve_splits
 
@@ -48,6 +48,11 @@ def run_training(opts: TrainOptions, *, on_event: EventHook = no_event, resume: 
         raise MfclipError(f"unknown --balance {opts.balance!r}; valid: {', '.join(BALANCES)}")
     if opts.weight_average not in WEIGHT_AVERAGES:
         raise MfclipError(f"unknown --weight-average {opts.weight_average!r}; valid: {', '.join(WEIGHT_AVERAGES)}")
+    if opts.train_fakes not in TRAIN_FAKES:
+        raise MfclipError(f"unknown --train-fakes {opts.train_fakes!r}; valid: {', '.join(TRAIN_FAKES)}")
+    if opts.train_fakes == "pseudo" and not pseudo_fake_kinds(opts.pseudo_fakes):
+        raise MfclipError("--train-fakes pseudo trains on pseudo-fakes alone: also pass --pseudo-fakes "
+                          "(e.g. sbi-soft)")
     if not 0.0 <= opts.distill_weight <= 1.0:
         raise MfclipError(f"--distill-weight must be between 0 and 1, got {opts.distill_weight}")
     missing = [t for t in opts.teachers if not Path(t).is_file()]
